@@ -1,0 +1,140 @@
+"""Parse client lines into command values, and validate nicks and room names.
+
+Nothing here knows about sockets or rooms: a line of text goes in, a small
+:class:`Command` (or a :class:`ChatError`) comes out.
+"""
+
+import unicodedata
+from typing import NamedTuple, Optional
+
+from .errors import ChatError
+
+MAX_NICK = 24
+MAX_ROOM = 32
+
+# C0 controls except TAB, DEL, and C1 controls: stripped from every text a
+# user sends before anybody else sees it (no terminal escape injection).
+_CONTROL = {c: None for c in range(0x20) if c != 0x09}
+_CONTROL[0x7F] = None
+_CONTROL.update({c: None for c in range(0x80, 0xA0)})
+
+
+def strip_controls(text: str) -> str:
+    return text.translate(_CONTROL)
+
+
+def fold(name: str) -> str:
+    """The comparison key of a nick or room: NFKC, then casefold."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def _is_letter(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("L")
+
+
+def _is_name_char(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    # Marks (M*) after the first letter keep scripts such as Devanagari usable.
+    return cat[0] in "LM" or cat == "Nd" or ch in "_-"
+
+
+def valid_nick(name: str) -> str:
+    """Return the normalised nick, or raise ChatError(nick-invalid)."""
+    nick = unicodedata.normalize("NFKC", name)
+    if not (1 <= len(nick) <= MAX_NICK):
+        raise ChatError("nick-invalid", f"a nick has 1 to {MAX_NICK} characters")
+    if not _is_letter(nick[0]) or not all(_is_name_char(c) for c in nick):
+        raise ChatError(
+            "nick-invalid",
+            "a nick starts with a letter and holds only letters, digits, '_' and '-'",
+        )
+    return nick
+
+
+def valid_room(name: str) -> str:
+    """Return the normalised room name (without '#'), or raise ChatError(room-invalid)."""
+    room = unicodedata.normalize("NFKC", name)
+    if room.startswith("#"):
+        room = room[1:]
+    if not (1 <= len(room) <= MAX_ROOM):
+        raise ChatError("room-invalid", f"a room name has 1 to {MAX_ROOM} characters")
+    if not all(_is_name_char(c) for c in room):
+        raise ChatError(
+            "room-invalid", "a room name holds only letters, digits, '_' and '-'"
+        )
+    return room
+
+
+class Command(NamedTuple):
+    """One parsed client line: ``name`` is 'say' for a chat line."""
+
+    name: str
+    arg: Optional[str] = None
+    text: Optional[str] = None
+
+
+USAGE = {
+    "nick": "/nick NAME",
+    "join": "/join ROOM",
+    "who": "/who [ROOM]",
+    "rooms": "/rooms",
+    "msg": "/msg NICK TEXT",
+    "me": "/me TEXT",
+    "mode": "/mode json|text",
+    "ping": "/ping [TOKEN]",
+    "quit": "/quit [REASON]",
+    "help": "/help",
+}
+
+HELP = [
+    "Type a line to talk to your room; start it with // to send a literal /.",
+    *(f"{usage}" for usage in USAGE.values()),
+]
+
+
+def _usage(name: str) -> ChatError:
+    return ChatError("usage", f"usage: {USAGE[name]}")
+
+
+def parse(line: str) -> Optional[Command]:
+    """Turn one decoded, control-stripped line into a Command.
+
+    Returns None for a line with nothing to say (empty or blank).
+    Raises ChatError for unknown commands and malformed arguments.
+    """
+    if not line.strip():
+        return None
+    if not line.startswith("/"):
+        return Command("say", text=line)
+    if line.startswith("//"):
+        return Command("say", text=line[1:])
+    head, _, rest = line[1:].partition(" ")
+    name = head.lower()
+    rest = rest.strip()
+    if name not in USAGE:
+        raise ChatError("unknown-command", f"unknown command /{head}; try /help")
+    words = rest.split()
+    if name in ("nick", "join"):
+        if len(words) != 1:
+            raise _usage(name)
+        return Command(name, arg=words[0])
+    if name == "who":
+        if len(words) > 1:
+            raise _usage(name)
+        return Command(name, arg=words[0] if words else None)
+    if name == "msg":
+        target, _, text = rest.partition(" ")
+        if not target or not text.strip():
+            raise _usage(name)
+        return Command(name, arg=target, text=text.strip())
+    if name == "me":
+        if not rest:
+            raise _usage(name)
+        return Command(name, text=rest)
+    if name == "mode":
+        if len(words) != 1 or words[0].lower() not in ("json", "text"):
+            raise _usage(name)
+        return Command(name, arg=words[0].lower())
+    if name in ("ping", "quit"):
+        return Command(name, text=rest)
+    return Command(name)  # rooms, help: arguments are ignored

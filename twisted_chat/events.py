@@ -1,0 +1,116 @@
+"""Server events and their two renderings: JSON lines and readable text lines.
+
+An :class:`Event` is built once by the core and rendered at most once per
+output mode, however many connections receive it: the encoded bytes (with the
+CRLF terminator) are cached on the event.
+"""
+
+import json
+import time
+from datetime import datetime, timezone
+
+JSON = "json"
+TEXT = "text"
+
+
+def rfc3339(t: float) -> str:
+    """UTC time with milliseconds: 2026-11-24T04:12:00.123Z."""
+    ms = int(t * 1000)
+    stamp = datetime.fromtimestamp(ms // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ms % 1000:03d}Z"
+
+
+def _clock(t: float) -> str:
+    # Text mode is for people at a terminal: the server's local wall clock.
+    return time.strftime("%H:%M", time.localtime(t))
+
+
+def _names(nicks) -> str:
+    return ", ".join(nicks) if nicks else "(nobody)"
+
+
+def _part_text(f) -> str:
+    return f"[{_clock(f['_t'])}] -- {f['nick']} left {f['room']} ({f['reason']})"
+
+
+def _message_text(f) -> str:
+    if f.get("action"):
+        return f"[{_clock(f['_t'])}] * {f['nick']} {f['text']}"
+    return f"[{_clock(f['_t'])}] <{f['nick']}> {f['text']}"
+
+
+def _welcome_text(f) -> str:
+    lines = [f"-- welcome to {f['server']} (twisted-chat {f['version']}); you are {f['nick']}"]
+    if f.get("motd"):
+        lines.append(f"-- {f['motd']}")
+    lines.append("-- type /help for commands")
+    return "\r\n".join(lines)
+
+
+_TEXT = {
+    "welcome": _welcome_text,
+    "join": lambda f: f"[{_clock(f['_t'])}] -- {f['nick']} joined {f['room']}",
+    "part": _part_text,
+    "nick": lambda f: f"[{_clock(f['_t'])}] -- {f['old']} is now known as {f['new']}",
+    "names": lambda f: f"-- in {f['room']}: {_names(f['nicks'])}",
+    "rooms": lambda f: "-- rooms: "
+    + (", ".join(f"{r['name']} ({r['members']})" for r in f["rooms"]) or "(none)"),
+    "message": _message_text,
+    "private": lambda f: f"[{_clock(f['_t'])}] *{f['from']}* {f['text']}",
+    "error": lambda f: f"!! {f['code']}: {f['message']}",
+    "info": lambda f: f"-- {f['message']}",
+    "pong": lambda f: f"-- pong {f['token']}".rstrip(),
+    "bye": lambda f: f"-- bye: {f['reason']}",
+}
+
+
+class Event:
+    """One server event: a type and its fields.
+
+    Fields whose names start with ``_`` are private to the server (the float
+    time behind ``ts``) and never rendered.
+    """
+
+    __slots__ = ("type", "fields", "_json", "_text")
+
+    def __init__(self, type: str, fields: dict):
+        self.type = type
+        self.fields = fields
+        self._json = None
+        self._text = None
+
+    @classmethod
+    def timed(cls, type: str, t: float, **fields) -> "Event":
+        """An event stamped with ``ts`` from the float time ``t``."""
+        fields["ts"] = rfc3339(t)
+        fields["_t"] = t
+        return cls(type, fields)
+
+    def to_dict(self) -> dict:
+        d = {"type": self.type}
+        d.update((k, v) for k, v in self.fields.items() if not k.startswith("_"))
+        return d
+
+    def encode(self, mode: str) -> bytes:
+        """This event as wire bytes in ``mode``, CRLF included; computed once per mode."""
+        if mode == JSON:
+            if self._json is None:
+                self._json = (
+                    json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+                    + "\r\n"
+                ).encode("utf-8")
+            return self._json
+        if self._text is None:
+            self._text = (_TEXT[self.type](self.fields) + "\r\n").encode("utf-8")
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"Event({self.type!r}, {self.to_dict()!r})"
+
+
+def error(code: str, message: str) -> Event:
+    return Event("error", {"code": code, "message": message})
+
+
+def info(message: str) -> Event:
+    return Event("info", {"message": message})
