@@ -101,7 +101,5 @@ def makeService(options) -> service.IService:
     factory = ChatFactory(hub, clock=reactor, max_line=options["max-line"])
     top = service.MultiService()
     for description, endpoint in zip(options["ports"], options["endpoints"]):
-        listener = StreamServerEndpointService(_Announced(endpoint, description), factory)
-        listener.setName(description)
-        listener.setServiceParent(top)
+        StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
     return top
