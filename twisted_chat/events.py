@@ -81,7 +81,10 @@ class Event:
 
     @classmethod
     def timed(cls, type: str, t: float, **fields) -> "Event":
-        """An event stamped with ``ts`` from the float time ``t``."""
+        """An event stamped with ``ts`` from the float time ``t``.
+
+        ``ts`` goes last unless the caller reserves its place with ``ts=None``.
+        """
         fields["ts"] = rfc3339(t)
         fields["_t"] = t
         return cls(type, fields)

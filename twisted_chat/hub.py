@@ -226,7 +226,7 @@ class Hub:
     def _leave(self, member: Member, reason: str) -> None:
         room = member.room
         event = Event.timed("part", self.clock(), room=room.name, nick=member.nick,
-                            reason=reason)
+                            ts=None, reason=reason)
         room.broadcast(event)  # the leaver included
         del room.members[member]
         member.room = None
