@@ -204,3 +204,19 @@ def _closed():
     from twisted.python.failure import Failure
 
     return Failure(ConnectionDone())
+
+
+class InternalErrorTests(ProtocolTestCase):
+    def test_a_bug_is_logged_and_reported_without_dropping_anyone(self):
+        a, b = self.connect("alice"), self.connect("bob")
+
+        def broken(member, name=None):
+            raise RuntimeError("boom")
+
+        self.hub.who = broken
+        a.send(b"/who\nstill talking\n")
+        events = a.events()
+        self.assertEqual(events[0]["code"], "internal")
+        self.assertNotIn("boom", events[0]["message"])
+        self.assertEqual([e["text"] for e in b.events()], ["still talking"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

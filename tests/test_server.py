@@ -194,3 +194,14 @@ class OptionTests(ServerTestCase):
         self.assertEqual(alice.expect_event("names")["room"], "general")
         alice.send("y" * 101)
         self.assertEqual(alice.expect_event("error")["code"], "line-too-long")
+
+
+class HelpTests(ServerTestCase):
+    def test_help_lists_every_command(self):
+        alice = self.client("alice", json=False)
+        alice.send("/help", "/ping done")
+        alice.expect_text("pong done")
+        text = "\n".join(alice.seen)
+        for command in ("/nick", "/join", "/who", "/rooms", "/msg", "/me", "/mode", "/ping",
+                        "/quit", "/help"):
+            self.assertIn(f"-- {command}", text)

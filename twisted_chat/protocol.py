@@ -105,6 +105,11 @@ class ChatProtocol(LineReceiver):
                 self._dispatch(command)
         except ChatError as e:
             self._reply_error(e.code, e.message)
+        except Exception:
+            # A bug of ours: log it for the operator, tell the user plainly,
+            # keep the connection (and everybody else's).
+            self.log.failure("internal error handling a line from {peer}", peer=self.peer)
+            self._reply_error("internal", "the server failed to handle that line")
 
     def _dispatch(self, command):
         hub, member, name = self.factory.hub, self.member, command.name
