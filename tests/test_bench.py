@@ -1,0 +1,71 @@
+"""The fan-out benchmark's own machinery, run small: real servers, real sockets.
+
+These check that the load generator counts and times deliveries correctly
+(no speed is asserted here: speed is measured only by the benchmark itself).
+"""
+
+import io
+import json
+import os
+import tempfile
+from contextlib import redirect_stdout
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat.bench import cli
+from twisted_chat.bench.loadgen import LoadGenerator
+from twisted_chat.bench.servers import BareServer, OurServer
+
+
+class LoadGeneratorTests(SynchronousTestCase):
+    def run_small(self, server, register):
+        server.start()
+        self.addCleanup(server.stop)
+        gen = LoadGenerator(members=6, senders=2, workers=2, probes=4)
+        self.addCleanup(gen.close)
+        conn = gen.connect(server.port, rate=500, register=register, timeout=15)
+        self.assertEqual(conn["registered"], 6)
+        gen.settle(quiet=0.2, timeout=10)
+        raw = gen.run(rate=40, duration=0.5, drain_quiet=0.3)
+        self.assertEqual(raw["sent"], 20)
+        self.assertEqual(raw["receivers"], 6)
+        # text mode: each message reaches every member but its sender
+        self.assertEqual(raw["received"], 20 * 5)
+        self.assertGreater(len(raw["samples"]), 0)
+        self.assertTrue(all(0 <= us < 15_000_000 for us in raw["samples"]))
+        return raw
+
+    def test_bare_baseline(self):
+        self.run_small(BareServer(), register=False)
+
+    def test_our_server(self):
+        self.run_small(OurServer(), register=True)
+
+    def test_summary_counts_missing_deliveries(self):
+        raw = {"sent": 10, "received": 40, "receivers": 6, "samples": [1000, 2000],
+               "cpu": 0.1, "wall": 1.5, "errors": 0}
+        step = cli.summarize(raw, rate=10, duration=1.0, cpu_server=0.5, rss_peak_kb=1000)
+        self.assertEqual(step["expected"], 50)
+        self.assertAlmostEqual(step["delivery"], 0.8)
+        self.assertFalse(step["ok"])
+        raw["received"] = 50
+        self.assertTrue(cli.summarize(raw, 10, 1.0, 0.5, 1000)["ok"])
+
+
+class CommandLineTests(SynchronousTestCase):
+    def test_custom_scenario_reports_ratios_and_json(self):
+        fd, path = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        self.addCleanup(os.unlink, path)
+        out = io.StringIO()
+        with redirect_stdout(out):
+            cli.main(["--members", "5", "--senders", "1", "--rate", "20", "--duration", "0.5",
+                      "--json", path])
+        text = out.getvalue()
+        self.assertIn("RATIO ours/bare p99", text)
+        with open(path) as f:
+            results = json.load(f)["scenarios"]["custom"]["results"]
+        for kind in ("ours", "bare"):
+            step = results[kind]["steps"][0]
+            self.assertEqual(step["delivery"], 1.0, text)
+            self.assertGreater(results[kind]["rss_idle_kb"], 0)

@@ -1,0 +1,224 @@
+"""``python -m twisted_chat.bench``: scenarios, sweeps, the report and the plot.
+
+Every scenario measures the server under test (``twistd -n chat``) and the
+bare baseline (:mod:`twisted_chat.bench.baseline`) with the same parameters in
+the same run, and reports the results as ratios to the baseline.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from .loadgen import LoadGenerator
+from .servers import BareServer, OurServer, RSSSampler, raise_fd_limit
+
+# name: members, senders, mode (sweep from a start rate, or one fixed rate), rate (msgs/s)
+SCENARIOS = {
+    "100": dict(members=100, senders=10, sweep=True, rate=500.0),
+    "1000": dict(members=1000, senders=50, sweep=True, rate=50.0),
+    "10k": dict(members=10000, senders=10, sweep=False, rate=10.0),
+}
+MAX_P99_MS = 250.0
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, int(round(q / 100.0 * len(sorted_values))) - 1))
+    return sorted_values[i]
+
+
+def summarize(raw, rate, duration, cpu_server, rss_peak_kb):
+    receivers = raw["receivers"]
+    expected = raw["sent"] * max(receivers - 1, 0)
+    lat = sorted(raw["samples"])
+    ms = [percentile(lat, q) / 1000.0 for q in (50, 90, 99, 100)]
+    window = max(duration, raw["wall"] - 0.5)
+    step = {
+        "rate": rate,
+        "offered": rate * max(receivers - 1, 0),
+        "sent": raw["sent"],
+        "expected": expected,
+        "delivered": raw["received"],
+        "delivery": raw["received"] / expected if expected else 0.0,
+        "deliveries_per_s": raw["received"] / window,
+        "p50_ms": ms[0], "p90_ms": ms[1], "p99_ms": ms[2], "max_ms": ms[3],
+        "samples": len(lat),
+        "server_cpu": cpu_server / window,
+        "generator_cpu": raw["cpu"] / window,
+        "rss_peak_kb": rss_peak_kb,
+        "errors": raw["errors"],
+    }
+    step["ok"] = bool(expected) and raw["received"] >= expected and ms[2] <= MAX_P99_MS
+    return step
+
+
+def fmt_step(kind, s):
+    return (f"  {kind:>4} {s['rate']:9.0f} msg/s  offered {s['offered'] / 1e6:6.3f} M/s  "
+            f"delivered {100 * s['delivery']:6.2f}%  {s['deliveries_per_s'] / 1e6:6.3f} M/s  "
+            f"p50/p90/p99/max {s['p50_ms']:6.1f}/{s['p90_ms']:6.1f}/{s['p99_ms']:6.1f}/"
+            f"{s['max_ms']:6.1f} ms  cpu srv {100 * s['server_cpu']:3.0f}% "
+            f"gen {100 * s['generator_cpu']:3.0f}%  rss {s['rss_peak_kb'] / 1024:5.0f} MB"
+            f"{'' if s['ok'] else '  FAIL'}")
+
+
+def measure(kind, sc, args, out):
+    """Start one server, connect the members, then run the steps; return its results."""
+    server = (OurServer(args.server_arg) if kind == "ours" else BareServer()).start()
+    gen = None
+    result = {"server": kind, "steps": []}
+    try:
+        rss_empty = server.status("VmRSS") or 0
+        gen = LoadGenerator(sc["members"], sc["senders"], workers=args.workers,
+                            probes=args.probes)
+        with RSSSampler(server) as sampler:
+            conn = gen.connect(server.port, rate=args.connect_rate, register=(kind == "ours"),
+                               timeout=args.connect_timeout)
+        gen.settle(timeout=args.connect_timeout)
+        rss_idle = server.status("VmRSS") or 0
+        result.update(
+            connect_seconds=conn["seconds"], registered=conn["registered"],
+            connect_errors=conn["errors"], rss_empty_kb=rss_empty, rss_idle_kb=rss_idle,
+            rss_connect_peak_kb=sampler.peak,
+            kb_per_idle_connection=(rss_idle - rss_empty) / max(conn["registered"], 1),
+        )
+        out(f"  {kind:>4} connect: {conn['registered']}/{sc['members']} registered in "
+            f"{conn['seconds']:.2f} s at {args.connect_rate:.0f}/s offered; "
+            f"idle RSS {rss_idle / 1024:.0f} MB "
+            f"({result['kb_per_idle_connection']:.1f} KB per connection)")
+        if conn["registered"] < sc["members"]:
+            out(f"  {kind:>4} not every member registered; skipping its runs")
+            return result
+        rate = sc["rate"]
+        retried = False
+        while True:
+            cpu0 = server.cpu_seconds()
+            with RSSSampler(server) as sampler:
+                raw = gen.run(rate, args.duration, pad=args.pad)
+            step = summarize(raw, rate, args.duration, server.cpu_seconds() - cpu0,
+                             sampler.peak)
+            out(fmt_step(kind, step))
+            if not step["ok"] and sc["sweep"] and not retried and args.retries:
+                retried = True  # a shared machine has hiccups: one retry per sweep
+                gen.settle(timeout=10)
+                continue
+            result["steps"].append(step)
+            if not sc["sweep"] or not step["ok"] or rate >= args.max_rate:
+                break
+            rate *= args.factor
+            gen.settle(timeout=10)
+        result["rss_hwm_kb"] = server.status("VmHWM")
+    finally:
+        if gen is not None:
+            gen.close()
+        server.stop()
+    return result
+
+
+def max_sustained(result):
+    ok = [s for s in result["steps"] if s["ok"]]
+    return max((s["deliveries_per_s"] for s in ok), default=0.0), \
+        max((s["rate"] for s in ok), default=0.0)
+
+
+def ratio(a, b):
+    return a / b if b else float("inf")
+
+
+def report(name, sc, results, out):
+    ours, bare = results.get("ours"), results.get("bare")
+    out(f"== scenario {name}: summary")
+    if sc["sweep"]:
+        for r in (ours, bare):
+            if r:
+                d, m = max_sustained(r)
+                r["max_sustained_deliveries_per_s"], r["max_sustained_rate"] = d, m
+                out(f"  {r['server']:>4} max sustained: {m:.0f} msgs/s = {d / 1e6:.3f} M "
+                    f"deliveries/s (100% delivered, p99 <= {MAX_P99_MS:.0f} ms)")
+        if ours and bare:
+            out(f"  RATIO ours/bare max sustained deliveries/s: "
+                f"{ratio(ours['max_sustained_deliveries_per_s'], bare['max_sustained_deliveries_per_s']):.2f}x")
+    else:
+        for r in (ours, bare):
+            if r and r["steps"]:
+                s = r["steps"][-1]
+                out(f"  {r['server']:>4} {s['rate']:.0f} msgs/s: delivered "
+                    f"{100 * s['delivery']:.2f}%, p99 {s['p99_ms']:.1f} ms, "
+                    f"peak RSS {s['rss_peak_kb'] / 1024:.0f} MB")
+        if ours and bare and ours["steps"] and bare["steps"]:
+            o, b = ours["steps"][-1], bare["steps"][-1]
+            out(f"  RATIO ours/bare p99: {ratio(o['p99_ms'], b['p99_ms']):.2f}x; "
+                f"peak RSS: {ratio(o['rss_peak_kb'], b['rss_peak_kb']):.2f}x")
+    for r in (ours, bare):
+        if r and "connect_seconds" in r:
+            out(f"  {r['server']:>4} connect {r['registered']}/{sc['members']} in "
+                f"{r['connect_seconds']:.2f} s; {r['kb_per_idle_connection']:.1f} KB/idle conn")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m twisted_chat.bench",
+        description="Fan-out benchmark of twisted-chat against a bare LineReceiver broadcast "
+                    "baseline, measured in the same run (see docs/performance.rst).")
+    p.add_argument("scenarios", nargs="*", default=list(SCENARIOS),
+                   help=f"scenarios to run, of {', '.join(SCENARIOS)} (default: all)")
+    p.add_argument("--members", type=int, help="custom scenario: members in one room")
+    p.add_argument("--senders", type=int, default=10, help="custom scenario: senders")
+    p.add_argument("--rate", type=float, help="custom scenario: msgs/s (start rate if --sweep)")
+    p.add_argument("--sweep", action="store_true", help="custom scenario: sweep the rate")
+    p.add_argument("--servers", default="ours,bare", help="which servers (ours,bare)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra `twistd chat` option for our server (repeatable), "
+                        "e.g. --server-arg=--rate=100000")
+    p.add_argument("--duration", type=float, default=2.0, help="seconds per step (2)")
+    p.add_argument("--factor", type=float, default=1.5, help="sweep: rate multiplier (1.5)")
+    p.add_argument("--max-rate", type=float, default=1e6, help="sweep: stop at this rate")
+    p.add_argument("--retries", type=int, default=1, help="sweep: retry one failed step (1)")
+    p.add_argument("--workers", type=int, default=1, help="load generator processes (1)")
+    p.add_argument("--probes", type=int, default=16,
+                   help="connections that parse timestamps for latency (16)")
+    p.add_argument("--pad", type=int, default=32, help="message filler bytes (32)")
+    p.add_argument("--connect-rate", type=float, default=2000.0, help="connections/s (2000)")
+    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--json", metavar="FILE", help="write all results as JSON")
+    p.add_argument("--plot", metavar="PNG", help="draw deliveries/s and p99 vs offered rate "
+                   "(needs the `bench` extra: matplotlib)")
+    args = p.parse_args(argv)
+    raise_fd_limit()
+
+    scenarios = {}
+    if args.members:
+        scenarios["custom"] = dict(members=args.members, senders=args.senders,
+                                   sweep=args.sweep, rate=args.rate or 10.0)
+    else:
+        for name in args.scenarios:
+            if name not in SCENARIOS:
+                p.error(f"unknown scenario {name!r}")
+            scenarios[name] = SCENARIOS[name]
+    if args.rate and not args.members:
+        scenarios = {k: dict(v, rate=args.rate) for k, v in scenarios.items()}
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+
+    def out(line):
+        print(line, flush=True)
+
+    started = time.time()
+    everything = {"argv": sys.argv[1:], "scenarios": {}}
+    for name, sc in scenarios.items():
+        out(f"== scenario {name}: {sc['members']} members, {sc['senders']} senders, "
+            + (f"sweep from {sc['rate']:.0f} msgs/s x{args.factor}" if sc["sweep"]
+               else f"{sc['rate']:.0f} msgs/s") + f", {args.duration:.0f} s steps")
+        results = {}
+        for kind in kinds:
+            results[kind] = measure(kind, sc, args, out)
+        report(name, sc, results, out)
+        everything["scenarios"][name] = dict(sc, results=results)
+    out(f"== done in {time.time() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(everything, f, indent=1)
+    if args.plot:
+        from .plot import plot
+        plot(everything, args.plot)
+        out(f"plot written to {args.plot}")

@@ -1,0 +1,350 @@
+"""The load generator: member connections spread over worker processes.
+
+Each worker runs its own ``epoll`` loop over its share of the members (no
+Twisted, no per-line Python work): received lines are counted with
+``bytes.count(b"\\n")``; only a few *probe* connections per worker split lines
+and parse the send timestamp embedded in each message, which is enough for the
+latency percentiles. The coordinator (:class:`LoadGenerator`) talks to the
+workers over pipes and starts every phase at a common time.
+
+Wire format: members speak the chat's default *text* mode (the bare baseline
+has no modes; in text mode a sender gets no echo on either server, so each
+message is expected ``members - 1`` times). A message line is
+``xxxx… T<16-digit send time in µs, CLOCK_MONOTONIC>``; CLOCK_MONOTONIC is
+shared by all processes on the machine.
+"""
+
+import array
+import errno
+import multiprocessing
+import os
+import resource
+import select
+import socket
+import time
+
+# Registration: our server registers a connection on /join and answers with
+# the room's names line ("-- in lobby: ..."); the bare server needs nothing.
+JOIN = b"/join lobby\r\n"
+NAMES_MARK = b"-- in lobby:"
+STAMP = b" T"
+STAMP_DIGITS = 16
+
+_RECV = 1 << 18
+
+
+def _now_us():
+    return time.monotonic_ns() // 1000
+
+
+def _raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class _Conn:
+    __slots__ = ("sock", "fd", "index", "registered", "tail", "lines", "probe", "pending",
+                 "closed")
+
+    def __init__(self, sock, index, probe):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.index = index
+        self.registered = False
+        self.tail = b""  # probe connections: the partial last line
+        self.lines = 0
+        self.probe = probe
+        self.pending = b""  # bytes a sender could not write yet
+        self.closed = False
+
+
+class Worker:
+    """One process's share of the members; driven by commands over a pipe."""
+
+    def __init__(self, pipe, wid):
+        self.pipe = pipe
+        self.wid = wid
+        self.ep = select.epoll()
+        self.conns = {}  # fd -> _Conn
+        self.senders = []
+        self.samples = array.array("q")
+        self.errors = 0
+
+    def serve(self):
+        _raise_fd_limit()
+        while True:
+            cmd, args = self.pipe.recv()
+            if cmd == "quit":
+                break
+            self.pipe.send(getattr(self, "cmd_" + cmd)(**args))
+        for c in list(self.conns.values()):
+            self._close(c)
+
+    # -- phases ----------------------------------------------------------------
+
+    def cmd_connect(self, port, indices, senders, probes, rate, register, timeout):
+        """Open connections at ``rate``/s; wait until each is registered."""
+        start = time.monotonic()
+        todo = list(indices)
+        sender_set = set(senders)
+        opened = 0
+        waiting = 0
+        nprobes = 0
+        deadline = start + timeout
+        while (todo or waiting) and time.monotonic() < deadline:
+            due = int((time.monotonic() - start) * rate) + 1
+            while todo and opened < due:
+                index = todo.pop(0)
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                # RST on close: no TIME_WAIT eating loopback ports between runs.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                err = s.connect_ex(("127.0.0.1", port))
+                if err not in (0, errno.EINPROGRESS):
+                    self.errors += 1
+                    s.close()
+                    opened += 1
+                    continue
+                probe = index not in sender_set and nprobes < probes
+                nprobes += probe
+                c = _Conn(s, index, probe)
+                self.conns[c.fd] = c
+                if index in sender_set:
+                    self.senders.append(c)
+                self.ep.register(c.fd, select.EPOLLOUT | select.EPOLLIN)
+                opened += 1
+                waiting += 1
+            for fd, ev in self.ep.poll(0.001):
+                c = self.conns[fd]
+                if ev & select.EPOLLOUT and not c.registered:
+                    if ev & (select.EPOLLERR | select.EPOLLHUP):
+                        self.errors += 1
+                        self._close(c)
+                        waiting -= 1
+                        continue
+                    self.ep.modify(fd, select.EPOLLIN)
+                    if register:
+                        c.sock.send(JOIN)
+                    else:
+                        c.registered = True
+                        waiting -= 1
+                    continue
+                if ev & select.EPOLLIN or ev & (select.EPOLLERR | select.EPOLLHUP):
+                    data = self._recv(c)
+                    if data is None:
+                        if not c.registered:
+                            waiting -= 1
+                        continue
+                    if not c.registered:
+                        buf = c.tail + data
+                        if NAMES_MARK in buf:
+                            c.registered = True
+                            c.tail = b""
+                            waiting -= 1
+                        else:
+                            c.tail = buf[-len(NAMES_MARK):]
+        elapsed = time.monotonic() - start
+        registered = sum(1 for c in self.conns.values() if c.registered)
+        for c in self.conns.values():
+            c.tail = b""
+        return {"registered": registered, "seconds": elapsed, "errors": self.errors}
+
+    def cmd_settle(self, quiet, timeout):
+        """Read until nothing arrives for ``quiet`` seconds (join notices drain)."""
+        start = last = time.monotonic()
+        while time.monotonic() - last < quiet and time.monotonic() - start < timeout:
+            for fd, ev in self.ep.poll(0.01):
+                if self._recv(self.conns[fd]):
+                    last = time.monotonic()
+        for c in self.conns.values():
+            c.lines = 0
+            c.tail = b""
+        return {"seconds": time.monotonic() - start}
+
+    def cmd_run(self, t0, rate, duration, drain_quiet, drain_max, pad):
+        """Send ``rate`` msgs/s (this worker's share) from ``t0`` for ``duration`` s, then drain."""
+        self.samples = array.array("q")
+        for c in self.conns.values():
+            c.lines = 0
+            c.tail = b""
+        senders = [c for c in self.senders if not c.closed]
+        total = int(rate * duration) if senders else 0
+        filler = b"x" * pad
+        sent = 0
+        cpu0 = _cpu()
+        poll = self.ep.poll
+        conns = self.conns
+        recv = self._recv
+        while time.monotonic() < t0:
+            time.sleep(min(0.001, max(0.0, t0 - time.monotonic())))
+        end = t0 + duration
+        last_data = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if sent < total:
+                due = min(total, int((now - t0) * rate) + 1)
+                while sent < due:
+                    c = senders[sent % len(senders)]
+                    line = b"%s T%016d\r\n" % (filler, _now_us())
+                    self._send(c, line)
+                    sent += 1
+            elif now - last_data > drain_quiet or now > end + drain_max:
+                break
+            for fd, ev in poll(0.0005 if sent < total else 0.01):
+                if recv(conns[fd]):
+                    last_data = time.monotonic()
+            if sent < total:
+                for c in senders:
+                    if c.pending:
+                        self._send(c, b"")
+        received = sum(c.lines for c in self.conns.values())
+        probes = [c for c in self.conns.values() if c.probe and not c.closed]
+        return {
+            "sent": sent,
+            "received": received,
+            "receivers": sum(1 for c in self.conns.values() if not c.closed),
+            "samples": self.samples.tobytes(),
+            "probes": len(probes),
+            "cpu": _cpu() - cpu0,
+            "wall": time.monotonic() - t0,
+            "errors": self.errors,
+        }
+
+    # -- socket work -----------------------------------------------------------
+
+    def _send(self, c, line):
+        data = c.pending + line
+        try:
+            n = c.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.errors += 1
+            n = len(data)
+        c.pending = data[n:]
+
+    def _recv(self, c):
+        """Read once; count lines (probes also record latencies). None on EOF."""
+        try:
+            data = c.sock.recv(_RECV)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            data = b""
+        if not data:
+            self.errors += 1
+            self._close(c)
+            return None
+        c.lines += data.count(b"\n")
+        if c.probe and c.registered:
+            now = _now_us()
+            data = c.tail + data
+            cut = data.rfind(b"\n") + 1
+            c.tail = data[cut:]
+            append = self.samples.append
+            for line in data[:cut].split(b"\n"):
+                i = line.rfind(STAMP)
+                if i >= 0:
+                    stamp = line[i + 2:i + 2 + STAMP_DIGITS]
+                    if len(stamp) == STAMP_DIGITS and stamp.isdigit():
+                        append(now - int(stamp))
+        return data
+
+    def _close(self, c):
+        if c.closed:
+            return
+        c.closed = True
+        try:
+            self.ep.unregister(c.fd)
+        except (OSError, ValueError):
+            pass
+        self.conns.pop(c.fd, None)
+        c.sock.close()
+
+
+def _worker_main(pipe, wid):
+    Worker(pipe, wid).serve()
+
+
+class LoadGenerator:
+    """Coordinates ``workers`` worker processes holding ``members`` connections."""
+
+    def __init__(self, members, senders, workers=1, probes=16):
+        self.members = members
+        self.nsenders = senders
+        ctx = multiprocessing.get_context("fork")
+        self.workers = []
+        self.shares = []
+        sender_ids = set(range(0, members, max(1, members // senders)))
+        sender_ids = set(sorted(sender_ids)[:senders])
+        for wid in range(workers):
+            indices = list(range(wid, members, workers))
+            mine = [i for i in indices if i in sender_ids]
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, wid), daemon=True)
+            proc.start()
+            child.close()
+            self.workers.append((proc, parent))
+            self.shares.append((indices, mine))
+        self.probes_per_worker = max(1, probes // workers)
+
+    def _all(self, cmd, per_worker):
+        for (proc, pipe), args in zip(self.workers, per_worker):
+            pipe.send((cmd, args))
+        return [pipe.recv() for proc, pipe in self.workers]
+
+    def connect(self, port, rate=2000.0, register=True, timeout=60.0):
+        n = len(self.workers)
+        results = self._all("connect", [
+            dict(port=port, indices=indices, senders=mine, probes=self.probes_per_worker,
+                 rate=rate / n, register=register, timeout=timeout)
+            for indices, mine in self.shares])
+        return {
+            "registered": sum(r["registered"] for r in results),
+            "seconds": max(r["seconds"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+        }
+
+    def settle(self, quiet=0.3, timeout=60.0):
+        results = self._all("settle", [dict(quiet=quiet, timeout=timeout)] * len(self.workers))
+        return max(r["seconds"] for r in results)
+
+    def run(self, rate, duration, pad=32, drain_quiet=0.5, drain_max=5.0):
+        """Offer ``rate`` messages/s for ``duration`` s; return the raw measurements."""
+        t0 = time.monotonic() + 0.2
+        args = []
+        for indices, mine in self.shares:
+            args.append(dict(t0=t0, rate=rate * len(mine) / self.nsenders, duration=duration,
+                             drain_quiet=drain_quiet, drain_max=drain_max, pad=pad))
+        results = self._all("run", args)
+        samples = array.array("q")
+        for r in results:
+            samples.frombytes(r["samples"])
+        return {
+            "sent": sum(r["sent"] for r in results),
+            "received": sum(r["received"] for r in results),
+            "receivers": sum(r["receivers"] for r in results),
+            "samples": samples,
+            "cpu": sum(r["cpu"] for r in results),
+            "wall": max(r["wall"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+        }
+
+    def close(self):
+        for proc, pipe in self.workers:
+            try:
+                pipe.send(("quit", {}))
+            except OSError:
+                pass
+        for proc, pipe in self.workers:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+            pipe.close()

@@ -1,0 +1,42 @@
+"""The benchmark's picture: deliveries/s and p99 latency vs offered rate, ours vs bare.
+
+Needs matplotlib (``pip install 'twisted-chat[bench]'``).
+"""
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = results["scenarios"]
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 7), squeeze=False)
+    styles = {"ours": ("tab:blue", "o-"), "bare": ("tab:gray", "s--")}
+    for col, (name, sc) in enumerate(scenarios.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        for kind, r in sc["results"].items():
+            steps = r.get("steps") or []
+            if not steps:
+                continue
+            color, style = styles.get(kind, ("tab:red", "^-"))
+            x = [s["offered"] / 1e6 for s in steps]
+            top.plot(x, [s["deliveries_per_s"] / 1e6 for s in steps], style, color=color,
+                     label=kind)
+            bottom.plot(x, [s["p99_ms"] for s in steps], style, color=color, label=kind)
+            for s, xi in zip(steps, x):
+                if not s["ok"]:
+                    top.plot([xi], [s["deliveries_per_s"] / 1e6], "x", color="red", ms=10)
+        top.set_title(f"{sc['members']} members, {sc['senders']} senders")
+        top.set_ylabel("delivered (M lines/s)")
+        bottom.set_ylabel("p99 latency (ms)")
+        bottom.set_xlabel("offered (M deliveries/s)")
+        bottom.axhline(250, color="red", lw=0.8, ls=":")
+        bottom.set_yscale("log")
+        for ax in (top, bottom):
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+    fig.suptitle("twisted-chat fan-out vs bare LineReceiver broadcast (same run)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,156 @@
+"""Start the servers the benchmark measures, as real subprocesses, and read their memory.
+
+``ours`` is ``twistd -n chat`` (every feature the options give it);
+``bare`` is :mod:`twisted_chat.bench.baseline`. Both listen on an ephemeral
+loopback port with a listen backlog that fits a connection storm, and both get
+the fd soft limit raised to the hard limit before ``exec``.
+"""
+
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import shutil
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def twistd_command():
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class ServerProcess:
+    """A server subprocess; ``port`` once it listens, ``pid`` for /proc."""
+
+    name = "?"
+    listening = re.compile(r"")
+
+    def __init__(self, extra_args=()):
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.port = None
+        self.tail = []  # the last log lines, for error reports
+        self.dir = tempfile.mkdtemp(prefix=f"chat-bench-{self.name}-")
+        self._port_seen = threading.Event()
+
+    def command(self):
+        raise NotImplementedError
+
+    def start(self, timeout=20.0):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            self.command(), cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=raise_fd_limit,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._port_seen.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"{self.name} server did not start:\n" + "\n".join(self.tail))
+        return self
+
+    def _read(self):
+        # Always drain the log (a chat server logs every connect): a full
+        # pipe would stall the server under test.
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            del self.tail[:-50]
+            if self.port is None:
+                m = self.listening.search(line)
+                if m:
+                    self.port = int(m.group(1))
+                    self._port_seen.set()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def status(self, key):
+        """A /proc/PID/status field in KiB (VmRSS, VmHWM), or None once it exited."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+    def cpu_seconds(self):
+        """User + system CPU time the server has used so far."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OurServer(ServerProcess):
+    """``twistd -n chat`` on an ephemeral loopback port; ``extra_args`` go to ``chat``."""
+
+    name = "ours"
+    listening = re.compile(r"chat listening on tcp:(\d+)")
+
+    def command(self):
+        return twistd_command() + [
+            "-n", "--pidfile=", "chat",
+            "--port", "tcp:0:interface=127.0.0.1:backlog=4096",
+        ] + self.extra_args
+
+
+class BareServer(ServerProcess):
+    """The bare LineReceiver broadcast baseline."""
+
+    name = "bare"
+    listening = re.compile(r"listening on (\d+)")
+
+    def command(self):
+        return [sys.executable, "-m", "twisted_chat.bench.baseline", "--port", "0"]
+
+
+class RSSSampler:
+    """Samples a server's VmRSS in a thread; ``peak`` is the highest seen (KiB)."""
+
+    def __init__(self, server, interval=0.05):
+        self.server = server
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            rss = self.server.status("VmRSS")
+            if rss:
+                self.peak = max(self.peak, rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
