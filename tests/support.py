@@ -96,6 +96,11 @@ class ChatServer:
     def client(self, **kw):
         return LineClient(self.port, **kw)
 
+    def grep(self, pattern):
+        """Log lines so far matching ``pattern`` (a regex), without waiting."""
+        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        return [line for line in list(self.log) if pattern.search(line)]
+
     def stop(self, sig=signal.SIGTERM, timeout=DEFAULT_TIMEOUT):
         """Stop the process (SIGTERM by default) and return its exit code."""
         code = None
@@ -116,8 +121,12 @@ class ChatServer:
 class LineClient:
     """A blocking socket client of the chat line protocol."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=DEFAULT_TIMEOUT):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", timeout=DEFAULT_TIMEOUT, source=None):
+        # ``source``: a local address to connect from (another 127.x.y.z
+        # address looks like another machine to the server).
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout,
+            source_address=(source, 0) if source else None)
         self.timeout = timeout
         self._buf = b""
         self.seen = []  # every line received so far, decoded

@@ -1,17 +1,25 @@
 """The wire face of the chat: a LineReceiver per connection and the broadcasting factory.
 
-``ChatProtocol`` splits and bounds lines, decodes and cleans them, parses
-commands and calls the :class:`~twisted_chat.hub.Hub`; events coming back are
-rendered in the connection's mode. Output is coalesced: everything a
-connection is sent during one reactor turn leaves in one ``transport.write``.
+``ChatProtocol`` splits and bounds lines, decodes and cleans them, rate-limits
+them, parses commands and calls the :class:`~twisted_chat.hub.Hub`; events
+coming back are rendered in the connection's mode. Output is coalesced:
+everything a connection is sent during one reactor turn leaves in one write,
+through a :class:`~twisted_chat.limits.BoundedOutput` (a streaming producer
+with a bounded backlog), so a client that stops reading is cut off instead of
+growing the server's memory.
 """
 
+import socket
+
+from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 
-from . import events
+from . import events, limits
 from .commands import HELP, parse, strip_controls
 from .errors import ChatError
 from .events import JSON, TEXT, Event
@@ -19,11 +27,16 @@ from .hub import Hub
 
 DEFAULT_MAX_LINE = 4096
 REGISTRATION_GRACE = 3.0
+SHUTDOWN_REASON = "server shutting down"
+# TCP keepalive on accepted sockets: a peer that vanished (power cut, cable
+# pulled) is noticed after about KEEPIDLE + KEEPINTVL * KEEPCNT seconds.
+KEEPIDLE, KEEPINTVL, KEEPCNT = 60, 15, 4
 
 
-class ChatProtocol(LineReceiver):
+class ChatProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger()
+    output = None  # the BoundedOutput, once the connection is admitted
 
     def __init__(self):
         self.mode = TEXT
@@ -32,34 +45,111 @@ class ChatProtocol(LineReceiver):
         self._discarding = False  # inside the tail of an over-long line
         self._overflow = None  # bytes after an over-long line's newline
         self._grace = None
+        self._abort = None  # forces a close the peer does not complete
+        self._admitted = False
 
     # -- connection life -----------------------------------------------------
 
     def connectionMade(self):
         factory = self.factory
         self.MAX_LENGTH = factory.max_line + 1  # room for the CR of a CRLF
-        self.peer = _peer(self.transport)
-        self.member = factory.hub.connect(self.deliver)
+        self.peer, self.host = _peer(self.transport)
+        refused = factory.limits.admit(self.host)
+        if refused is not None:
+            self._refuse(refused)
+            return
+        self._admitted = True
         factory.connections.add(self)
+        _keepalive(self.transport)
+        self.output = limits.BoundedOutput(self.transport, factory.max_backlog, self._too_slow)
+        self.bucket = limits.TokenBucket(factory.rate, factory.burst, factory.clock)
+        self.member = factory.hub.connect(self.deliver)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
         self.deliver(factory.hub.welcome(self.member))
         self._grace = factory.clock.callLater(factory.grace, self._register)
+        if factory.idle_timeout:
+            self.setTimeout(factory.idle_timeout)
 
     def connectionLost(self, reason):
         factory = self.factory
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self.setTimeout(None)
+        if self.output is not None:
+            self.output.stopProducing()
         self._leave_hub("disconnected", reason.getErrorMessage())
         self._out = []
+        if self._admitted:
+            self._admitted = False
+            factory.limits.release(self.host)
+            factory.connection_closed(self)
 
     def _leave_hub(self, part_reason, why):
         if self.member is None:
             return
-        self.factory.connections.discard(self)
         self.factory.hub.disconnect(self.member, part_reason)
         self.log.info("disconnect {peer} {nick}: {why}", peer=self.peer,
                       nick=self.member.nick, why=why)
         self.member = None
+
+    def _refuse(self, code):
+        message = {
+            "server-full": "the server is full; try again later",
+            "too-many-connections": "too many connections from your address",
+        }[code]
+        self.log.info("refused {peer}: {code}", peer=self.peer, code=code)
+        # Before /mode json a connection speaks text: refuse in text.
+        self.transport.write(events.error(code, message).encode(TEXT))
+        self._lose(limits.CLOSE_TIMEOUT)
+
+    def _lose(self, timeout):
+        """Close once the transport has flushed; abort if that takes ``timeout``."""
+        if self.output is not None:
+            self.output.close()
+        self.transport.loseConnection()
+        if self._abort is None and timeout is not None:
+            self._abort = self.factory.clock.callLater(timeout, self._force_close)
+
+    def _force_close(self):
+        self._abort = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+    def _too_slow(self):
+        """The backlog is over --max-backlog: this client does not read."""
+        factory = self.factory
+        self.log.warn("slow consumer {peer} {nick}: over {limit} bytes of output queued;"
+                      " disconnecting", peer=self.peer,
+                      nick=self.member.nick if self.member else "?", limit=factory.max_backlog)
+        self._out = []
+        self._leave_hub("disconnected", "slow consumer")
+        # The backlog is gone (BoundedOutput dropped it); the bye goes behind
+        # whatever the transport still holds, and arrives if the peer ever
+        # reads before the abort.
+        self.transport.write(Event("bye", {"reason": "too slow: output backlog full"})
+                             .encode(self.mode))
+        self._lose(limits.CLOSE_TIMEOUT)
+
+    def timeoutConnection(self):
+        """--idle-timeout: nothing received for that long."""
+        self.close("disconnected", bye="idle timeout",
+                   why=f"idle for {self.factory.idle_timeout:g} s")
+
+    def callLater(self, period, func):  # TimeoutMixin's clock: the factory's
+        return self.factory.clock.callLater(period, func)
+
+    def shutdown(self, reason=SHUTDOWN_REASON):
+        """Say ``bye`` and close, without telling the hub: at server shutdown
+        every member leaves at once, and nobody is left to see the parts."""
+        if self.member is None:
+            return
+        self.member = None
+        self.deliver(Event("bye", {"reason": reason}))
+        self.flush()
+        self._lose(None)  # the shutdown service owns the deadline
 
     def _register(self):
         if self.member is not None:
@@ -68,6 +158,10 @@ class ChatProtocol(LineReceiver):
     # -- input ---------------------------------------------------------------
 
     def dataReceived(self, data):
+        if self.member is None:
+            return  # closing (or refused): input is moot
+        if self.timeOut is not None:
+            self.resetTimeout()
         if self._discarding:
             end = data.find(b"\n")
             if end < 0:
@@ -89,6 +183,8 @@ class ChatProtocol(LineReceiver):
             self._overflow = line[end + 1:]
 
     def lineReceived(self, line):
+        if self.member is None:
+            return
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self.factory.max_line:
@@ -101,8 +197,14 @@ class ChatProtocol(LineReceiver):
             return
         try:
             command = parse(strip_controls(text))
-            if command is not None:
-                self._dispatch(command)
+            if command is None:
+                return  # blank: ignored, and free
+            if command.name != "quit" and not self.bucket.take():
+                f = self.factory
+                self._reply_error("rate-limited", f"slow down: at most {f.rate:g} lines a second"
+                                  f" (bursts of {f.burst}); that line was dropped")
+                return
+            self._dispatch(command)
         except ChatError as e:
             self._reply_error(e.code, e.message)
         except Exception:
@@ -156,43 +258,71 @@ class ChatProtocol(LineReceiver):
         if self._out:
             data = b"".join(self._out)
             self._out = []
-            self.transport.write(data)
+            self.output.write(data)
 
-    def close(self, part_reason, bye):
+    def close(self, part_reason, bye, why=None):
         """Leave the hub with ``part_reason``, say ``bye`` and close after the flush."""
         if self.member is None:
             return
-        self._leave_hub(part_reason, part_reason)
+        self._leave_hub(part_reason, why or part_reason)
         self.deliver(Event("bye", {"reason": bye}))
         self.flush()
-        self.transport.loseConnection()
+        self._lose(limits.CLOSE_TIMEOUT)
 
     def _reply_error(self, code, message):
         self.deliver(events.error(code, message))
 
 
 def _peer(transport):
+    """(printable peer, host for per-address limits or None)."""
     addr = transport.getPeer()
     host = getattr(addr, "host", None)
-    return f"{host}:{addr.port}" if host is not None else str(addr)
+    if host is None:
+        return str(addr), None
+    return f"{host}:{addr.port}", host
+
+
+def _keepalive(transport):
+    """SO_KEEPALIVE, and on Linux probes after a minute rather than two hours."""
+    try:
+        transport.setTcpKeepAlive(True)
+        sock = transport.getHandle()
+        for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL),
+                            ("TCP_KEEPCNT", KEEPCNT)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except (AttributeError, OSError, NotImplementedError):
+        pass  # not TCP (UNIX socket, test transport): nothing to keep alive
 
 
 class ChatFactory(Factory):
     """Builds a ChatProtocol per connection and flushes their output once per turn."""
 
     protocol = ChatProtocol
+    log = Logger()
 
     def __init__(self, hub: Hub, clock: IReactorTime = None, max_line: int = DEFAULT_MAX_LINE,
-                 grace: float = REGISTRATION_GRACE):
+                 grace: float = REGISTRATION_GRACE,
+                 max_backlog: int = limits.DEFAULT_MAX_BACKLOG,
+                 rate: float = limits.DEFAULT_RATE, burst: int = limits.DEFAULT_BURST,
+                 max_clients: int = limits.DEFAULT_MAX_CLIENTS,
+                 max_per_ip: int = limits.DEFAULT_MAX_PER_IP,
+                 idle_timeout: float = 0):
         if clock is None:
             from twisted.internet import reactor as clock
         self.hub = hub
         self.clock = clock
         self.max_line = max_line
         self.grace = grace
-        self.connections = set()
+        self.max_backlog = max_backlog
+        self.rate = rate
+        self.burst = burst
+        self.idle_timeout = idle_timeout
+        self.limits = limits.ConnectionLimits(max_clients, max_per_ip)
+        self.connections = set()  # admitted connections still open
         self._dirty = []
         self._flush_call = None
+        self._closed_all = None  # Deferred of a shutdown in progress
 
     def dirty(self, proto):
         self._dirty.append(proto)
@@ -205,3 +335,50 @@ class ChatFactory(Factory):
         dirty, self._dirty = self._dirty, []
         for proto in dirty:
             proto.flush()
+
+    def connection_closed(self, proto):
+        self.connections.discard(proto)
+        if self._closed_all is not None and not self.connections:
+            d, self._closed_all = self._closed_all, None
+            d.callback(None)
+
+    def shutdown(self, timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT,
+                 reason: str = SHUTDOWN_REASON) -> defer.Deferred:
+        """Say ``bye`` to every connection and close them all.
+
+        The Deferred fires once every connection has closed, or after
+        ``timeout`` seconds, when the stragglers (peers that do not read
+        their last bytes) are aborted.
+        """
+        if not self.connections:
+            return defer.succeed(None)
+        self.log.info("shutting down: bye to {n} connections", n=len(self.connections))
+        d = self._closed_all = defer.Deferred()
+        for proto in list(self.connections):
+            proto.shutdown(reason)
+
+        def give_up():
+            if self._closed_all is d:
+                self.log.warn("shutdown: aborting {n} connections still open after {t:g} s",
+                              n=len(self.connections), t=timeout)
+                for proto in list(self.connections):
+                    proto._force_close()
+                self._closed_all = None
+                d.callback(None)
+
+        call = self.clock.callLater(timeout, give_up)
+        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        return d
+
+
+class ConnectionsService(Service):
+    """Stops last: says ``bye`` to every client and waits (boundedly) for
+    their connections to close before twistd lets the reactor stop."""
+
+    def __init__(self, factory: ChatFactory, timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT):
+        self.factory = factory
+        self.timeout = timeout
+
+    def stopService(self):
+        super().stopService()
+        return self.factory.shutdown(self.timeout)

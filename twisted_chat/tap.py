@@ -6,10 +6,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from . import limits
 from .commands import valid_room
 from .errors import ChatError
 from .hub import Hub
-from .protocol import DEFAULT_MAX_LINE, ChatFactory
+from .protocol import DEFAULT_MAX_LINE, ChatFactory, ConnectionsService
 
 DEFAULT_PORT = "tcp:5000"
 log = Logger()
@@ -19,6 +20,20 @@ def endpoint_description(value: str) -> str:
     """A bare port number means tcp:NUMBER; anything else is an endpoint string."""
     value = value.strip()
     return f"tcp:{value}" if value.isdigit() else value
+
+
+# Endpoint types whose parsers take a backlog= argument.
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """Add ``backlog=`` to a listening endpoint that does not name its own
+    (Twisted's default of 50 drops most of a reconnect storm)."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in _BACKLOG_TYPES and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
+
 
 
 class Options(usage.Options):
@@ -33,6 +48,26 @@ class Options(usage.Options):
         ["max-line", None, DEFAULT_MAX_LINE,
          "Longest accepted line in bytes, terminator not counted.", int],
         ["server-name", None, "twisted-chat", "Server name sent in the welcome."],
+        # Limits (docs/operations.rst, "Limits and hostile clients").
+        ["max-backlog", None, limits.DEFAULT_MAX_BACKLOG,
+         "Bytes of output queued for a client that does not keep up (beyond the 64 KiB "
+         "transport buffer); over this the client is disconnected.", int],
+        ["rate", None, limits.DEFAULT_RATE,
+         "Lines per second a connection may send, sustained (0: no limit).", float],
+        ["burst", None, limits.DEFAULT_BURST,
+         "Lines a connection may send at once before --rate applies.", int],
+        ["max-clients", None, limits.DEFAULT_MAX_CLIENTS,
+         "Connections served at once (0: no limit); more get server-full.", int],
+        ["max-per-ip", None, limits.DEFAULT_MAX_PER_IP,
+         "Connections from one address (0: no limit); more get too-many-connections.", int],
+        ["idle-timeout", None, 0.0,
+         "Disconnect a client that sends nothing for this many seconds (0: never).", float],
+        ["listen-backlog", None, limits.DEFAULT_LISTEN_BACKLOG,
+         "Listen queue length for endpoints that do not set backlog= (the kernel may cap "
+         "it at net.core.somaxconn).", int],
+        ["shutdown-timeout", None, limits.DEFAULT_SHUTDOWN_TIMEOUT,
+         "Seconds clients get to read their bye at shutdown before connections are cut.",
+         float],
     ]
 
     def __init__(self):
@@ -51,9 +86,18 @@ class Options(usage.Options):
         if not self["ports"]:
             self["ports"] = [DEFAULT_PORT]
         endpoints = []
+        for name in ("max-backlog", "max-clients", "max-per-ip", "idle-timeout",
+                     "shutdown-timeout", "rate"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
+        if self["burst"] < 1:
+            raise usage.UsageError("--burst must be at least 1")
+        if self["listen-backlog"] < 1:
+            raise usage.UsageError("--listen-backlog must be at least 1")
         for description in self["ports"]:
             try:
-                endpoints.append(serverFromString(reactor, description))
+                endpoints.append(serverFromString(
+                    reactor, with_backlog(description, self["listen-backlog"])))
             except Exception as e:  # the parser raises many types; all mean "bad"
                 raise usage.UsageError(f"bad --port {description!r}: {e}")
         self["endpoints"] = endpoints
@@ -98,8 +142,38 @@ def makeService(options) -> service.IService:
         motd=options["motd"],
         default_room=options["default-room"],
     )
-    factory = ChatFactory(hub, clock=reactor, max_line=options["max-line"])
+    factory = ChatFactory(
+        hub, clock=reactor, max_line=options["max-line"],
+        max_backlog=options["max-backlog"], rate=options["rate"], burst=options["burst"],
+        max_clients=options["max-clients"], max_per_ip=options["max-per-ip"],
+        idle_timeout=options["idle-timeout"],
+    )
+    _check_descriptors(options["max-clients"], options["listen-backlog"])
     top = service.MultiService()
+    # First child, so stopped last: listeners close first, then every client
+    # gets its bye.
+    ConnectionsService(factory, options["shutdown-timeout"]).setServiceParent(top)
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
     return top
+
+
+def _check_descriptors(max_clients, listen_backlog):
+    """Raise the open-file soft limit so --max-clients connections fit."""
+    wanted = max_clients + limits.FD_HEADROOM if max_clients else 1 << 20
+    soft = limits.raise_fd_limit(wanted)
+    if soft is not None:
+        log.info("open-file limit {soft}", soft=soft)
+        if max_clients and soft < wanted:
+            log.warn("open-file limit {soft} is below --max-clients {n} plus headroom; "
+                     "raise the hard limit (ulimit -Hn) to serve that many", soft=soft,
+                     n=max_clients)
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            cap = int(f.read())
+    except (OSError, ValueError):
+        return
+    if cap < listen_backlog:
+        log.info("listen backlog {n} is capped by the kernel at {cap} "
+                 "(net.core.somaxconn); clients beyond it retry their SYN",
+                 n=listen_backlog, cap=cap)

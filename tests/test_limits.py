@@ -1,0 +1,282 @@
+"""Unit tests of the limits (token bucket, bounded output, connection counts)
+and of the protocol's output path, driven by StringTransport and a fake clock."""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat import events, limits
+from twisted_chat.hub import Hub
+from twisted_chat.protocol import ChatFactory
+
+
+class TokenBucketTests(SynchronousTestCase):
+    def test_burst_then_rate(self):
+        clock = Clock()
+        bucket = limits.TokenBucket(rate=2, burst=3, clock=clock)
+        self.assertEqual([bucket.take() for _ in range(4)], [True, True, True, False])
+        clock.advance(0.25)  # half a token
+        self.assertFalse(bucket.take())
+        clock.advance(0.25)  # the other half
+        self.assertTrue(bucket.take())
+        self.assertFalse(bucket.take())
+
+    def test_refill_is_capped_at_burst(self):
+        clock = Clock()
+        bucket = limits.TokenBucket(rate=10, burst=2, clock=clock)
+        clock.advance(3600)
+        self.assertEqual([bucket.take() for _ in range(3)], [True, True, False])
+
+    def test_refused_lines_do_not_cost(self):
+        clock = Clock()
+        bucket = limits.TokenBucket(rate=1, burst=1, clock=clock)
+        self.assertTrue(bucket.take())
+        for _ in range(100):
+            self.assertFalse(bucket.take())
+        clock.advance(1.0)
+        self.assertTrue(bucket.take())
+
+    def test_zero_rate_means_unlimited(self):
+        bucket = limits.TokenBucket(rate=0, burst=1, clock=Clock())
+        self.assertTrue(all(bucket.take() for _ in range(10000)))
+
+
+class BoundedOutputTests(SynchronousTestCase):
+    def setUp(self):
+        self.transport = StringTransport()
+        self.overflows = []
+        self.out = limits.BoundedOutput(self.transport, 100, lambda: self.overflows.append(1))
+
+    def test_registers_as_streaming_producer(self):
+        self.assertIs(self.transport.producer, self.out)
+        self.assertTrue(self.transport.streaming)
+
+    def test_writes_through_while_not_paused(self):
+        self.out.write(b"abc")
+        self.assertEqual(self.transport.value(), b"abc")
+
+    def test_paused_queues_and_resume_drains_in_order(self):
+        self.out.pauseProducing()
+        self.out.write(b"one ")
+        self.out.write(b"two")
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.out.backlog_bytes, 7)
+        self.out.resumeProducing()
+        self.assertEqual(self.transport.value(), b"one two")
+        self.assertEqual(self.out.backlog_bytes, 0)
+
+    def test_resume_stops_when_paused_again(self):
+        self.out.pauseProducing()
+        for chunk in (b"a" * 10, b"b" * 10, b"c" * 10):
+            self.out.write(chunk)
+        writes = []
+
+        def write(data):
+            writes.append(data)
+            self.out.pauseProducing()  # the transport's buffer filled up again
+
+        self.transport.write = write
+        self.out.resumeProducing()
+        self.assertEqual(writes, [b"a" * 10])
+        self.assertEqual(self.out.backlog_bytes, 20)
+
+    def test_overflow_drops_backlog_and_unregisters(self):
+        self.out.pauseProducing()
+        self.out.write(b"x" * 100)
+        self.assertEqual(self.overflows, [])
+        self.out.write(b"y")
+        self.assertEqual(self.overflows, [1])
+        self.assertEqual(self.out.backlog_bytes, 0)
+        self.assertIsNone(self.transport.producer)
+        self.out.write(b"z" * 1000)  # later writes vanish
+        self.assertEqual(self.out.backlog_bytes, 0)
+        self.assertEqual(self.overflows, [1])
+
+    def test_close_hands_backlog_to_transport(self):
+        self.out.pauseProducing()
+        self.out.write(b"last words")
+        self.out.close()
+        self.assertEqual(self.transport.value(), b"last words")
+        self.assertIsNone(self.transport.producer)
+
+
+class ConnectionLimitsTests(SynchronousTestCase):
+    def test_total_and_per_host(self):
+        lim = limits.ConnectionLimits(max_clients=3, max_per_ip=2)
+        self.assertIsNone(lim.admit("10.0.0.1"))
+        self.assertIsNone(lim.admit("10.0.0.1"))
+        self.assertEqual(lim.admit("10.0.0.1"), "too-many-connections")
+        self.assertIsNone(lim.admit("10.0.0.2"))
+        self.assertEqual(lim.admit("10.0.0.3"), "server-full")
+        lim.release("10.0.0.1")
+        self.assertIsNone(lim.admit("10.0.0.1"))
+        lim.release("10.0.0.2")
+        self.assertNotIn("10.0.0.2", lim.per_host)
+
+    def test_zero_means_unlimited_and_unix_peers_have_no_host(self):
+        lim = limits.ConnectionLimits(max_clients=0, max_per_ip=0)
+        for _ in range(1000):
+            self.assertIsNone(lim.admit("10.0.0.1"))
+        lim = limits.ConnectionLimits(max_clients=5, max_per_ip=1)
+        self.assertIsNone(lim.admit(None))
+        self.assertIsNone(lim.admit(None))
+
+
+class Harness:
+    """A ChatFactory on a fake reactor with StringTransport connections."""
+
+    def __init__(self, **kw):
+        self.clock = MemoryReactorClock()
+        self.hub = Hub(clock=self.clock.seconds)
+        self.factory = ChatFactory(self.hub, clock=self.clock, **kw)
+        self._port = 40000
+
+    def connect(self, host="10.0.0.1", nick=None, json=True):
+        self._port += 1
+        addr = IPv4Address("TCP", host, self._port)
+        proto = self.factory.buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr)
+        proto.makeConnection(transport)
+        if json:
+            proto.dataReceived(b"/mode json\r\n")
+        if nick:
+            proto.dataReceived(f"/nick {nick}\r\n".encode())
+        self.turn()
+        return proto, transport
+
+    def turn(self):
+        self.clock.advance(0)
+
+    def lose(self, proto):
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.turn()
+
+
+def lines(transport):
+    return transport.value().decode("utf-8").split("\r\n")[:-1]
+
+
+class OutputPathTests(SynchronousTestCase):
+    def test_paused_reader_is_cut_off_and_others_are_not_delayed(self):
+        h = Harness(max_backlog=2000, rate=0)
+        slow, slow_t = h.connect(nick="slow")
+        alice, alice_t = h.connect(nick="alice")
+        bob, bob_t = h.connect(nick="bob")
+        slow.output.pauseProducing()  # its transport's buffer is full
+        sent_before = len(slow_t.value())
+        for i in range(30):
+            alice.dataReceived(f"message {i} {'x' * 80}\r\n".encode())
+            h.turn()
+            # bob gets every message in the same turn it was sent
+            self.assertIn(f"message {i} ".encode(), bob_t.value())
+        self.assertEqual(len(slow_t.value()), sent_before + len(
+            b'{"type":"bye","reason":"too slow: output backlog full"}\r\n'))
+        self.assertTrue(slow_t.disconnecting)
+        self.assertIsNone(slow.member)
+        self.assertNotIn("slow", h.hub.members)
+        self.assertIn(b'"type":"part"', bob_t.value())
+        self.assertIn(b'"nick":"slow"', bob_t.value())
+        # A slow consumer that never closes is aborted after a while.
+        self.assertFalse(slow_t.disconnected)
+        h.clock.advance(limits.CLOSE_TIMEOUT)
+        self.assertTrue(slow_t.disconnected)
+        h.lose(slow)
+        self.assertEqual(h.factory.limits.total, 2)
+
+    def test_paused_reader_that_catches_up_loses_nothing(self):
+        h = Harness(max_backlog=100000, rate=0)
+        slow, slow_t = h.connect(nick="slow")
+        alice, _ = h.connect(nick="alice")
+        slow.output.pauseProducing()
+        for i in range(50):
+            alice.dataReceived(f"m{i}\r\n".encode())
+            h.turn()
+        slow.output.resumeProducing()
+        texts = [line for line in lines(slow_t) if '"type":"message"' in line]
+        self.assertEqual([f'"text":"m{i}"' in t for i, t in enumerate(texts)], [True] * 50)
+
+    def test_rate_limit_drops_line_with_error(self):
+        h = Harness(rate=1, burst=3)
+        alice, alice_t = h.connect(nick="alice")  # /mode and /nick spent 2 tokens
+        bob, bob_t = h.connect(nick="bob")
+        for i in range(3):
+            alice.dataReceived(f"flood {i}\r\n".encode())
+        alice.dataReceived(b"/nick storm\r\n")
+        h.turn()
+        self.assertIn(b'"text":"flood 0"', bob_t.value())
+        self.assertNotIn(b"flood 1", bob_t.value())
+        self.assertNotIn(b"storm", bob_t.value())
+        self.assertEqual(alice_t.value().count(b'"code":"rate-limited"'), 3)
+        h.clock.advance(1.0)
+        alice.dataReceived(b"later\r\n")
+        h.turn()
+        self.assertIn(b'"text":"later"', bob_t.value())
+
+    def test_quit_is_never_rate_limited(self):
+        h = Harness(rate=1, burst=1)
+        alice, alice_t = h.connect(nick=None, json=False)
+        alice.dataReceived(b"one\r\ntwo\r\n/quit bye now\r\n")
+        h.turn()
+        self.assertIn(b"rate-limited", alice_t.value())
+        self.assertIn(b"-- bye: goodbye", alice_t.value())
+        self.assertTrue(alice_t.disconnecting)
+
+    def test_connection_limits_refuse_with_error_and_close(self):
+        h = Harness(max_clients=3, max_per_ip=2)
+        a, _ = h.connect("10.0.0.1", nick="a")
+        b, _ = h.connect("10.0.0.1", nick="b")
+        c, c_t = h.connect("10.0.0.1", json=False)
+        self.assertEqual(lines(c_t)[0].split(":")[0], "!! too-many-connections")
+        self.assertTrue(c_t.disconnecting)
+        self.assertIsNone(c.member)
+        d, _ = h.connect("10.0.0.2", nick="d")
+        e, e_t = h.connect("10.0.0.3", json=False)
+        self.assertEqual(lines(e_t)[0].split(":")[0], "!! server-full")
+        h.lose(c)
+        h.lose(e)
+        self.assertEqual(sorted(h.hub.members), ["a", "b", "d"])
+        self.assertEqual(h.factory.limits.total, 3)
+        h.lose(a)
+        f, f_t = h.connect("10.0.0.1", nick="f")
+        self.assertIn(b'"type":"welcome"', f_t.value())
+
+    def test_idle_timeout(self):
+        h = Harness(idle_timeout=30)
+        alice, alice_t = h.connect(nick="alice")
+        h.clock.advance(20)
+        alice.dataReceived(b"/ping\r\n")
+        h.clock.advance(20)
+        self.assertFalse(alice_t.disconnecting)
+        h.clock.advance(11)
+        self.assertTrue(alice_t.disconnecting)
+        self.assertIn(b'"reason":"idle timeout"', alice_t.value())
+
+    def test_no_idle_timeout_by_default(self):
+        h = Harness()
+        alice, alice_t = h.connect(nick="alice")
+        h.clock.advance(7 * 24 * 3600)
+        self.assertFalse(alice_t.disconnecting)
+
+    def test_shutdown_says_bye_and_waits_for_close(self):
+        h = Harness()
+        conns = [h.connect(nick=f"u{i}") for i in range(3)]
+        conns[0][0].output.pauseProducing()  # a slow one: bye goes after its backlog
+        conns[0][0].deliver(events.info("queued"))
+        h.turn()
+        d = h.factory.shutdown(timeout=5)
+        fired = []
+        d.addCallback(fired.append)
+        for proto, t in conns:
+            self.assertTrue(t.value().endswith(
+                b'{"type":"bye","reason":"server shutting down"}\r\n'), t.value()[-200:])
+            self.assertTrue(t.disconnecting)
+            self.assertNotIn(b'"type":"part"', t.value()[-200:])
+        h.lose(conns[1][0])
+        h.lose(conns[2][0])
+        self.assertEqual(fired, [])
+        h.clock.advance(5)  # the slow one never closes: aborted
+        self.assertEqual(fired, [None])
+        self.assertTrue(conns[0][1].disconnected)
