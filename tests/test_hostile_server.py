@@ -41,7 +41,10 @@ class SlowReaderTests(ServerTestCase):
             sent += 1
         line = self.server.wait_for_log(r"slow consumer 127\.0\.0\.1:\d+ slow: over 65536 bytes")
         self.assertIn("disconnecting", line)
-        self.assertEqual(bob.expect_event("part", nick="slow")["reason"], "disconnected")
+        # (the part may already have been read past while waiting for messages)
+        parts = [json.loads(line) for line in bob.seen if '"type":"part"' in line]
+        part = parts[0] if parts else bob.expect_event("part", nick="slow")
+        self.assertEqual((part["nick"], part["reason"]), ("slow", "disconnected"))
         # Life goes on, promptly, for everybody else.
         bob.send("still here")
         self.assertEqual(alice.expect_event("message", nick="bob")["text"], "still here")
@@ -55,7 +58,7 @@ class FloodTests(ServerTestCase):
     def test_flood_is_rate_limited_and_not_broadcast(self):
         alice, bob = self.client("alice"), self.client("bob")
         # Let the tokens /mode and /nick used refill.
-        time.sleep(2.6)
+        time.sleep(1.2)
         alice.send(*[f"flood {i}" for i in range(40)])
         echoed, limited = [], 0
         while len(echoed) + limited < 40:

@@ -11,7 +11,7 @@ growing the server's memory.
 
 import socket
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
@@ -371,14 +371,18 @@ class ChatFactory(Factory):
         return d
 
 
-class ConnectionsService(Service):
-    """Stops last: says ``bye`` to every client and waits (boundedly) for
-    their connections to close before twistd lets the reactor stop."""
+class ChatService(MultiService):
+    """The server: its children are the listeners; stopping it closes them,
+    then says ``bye`` to every client and waits (boundedly) for their
+    connections to close before twistd lets the reactor stop."""
 
-    def __init__(self, factory: ChatFactory, timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT):
+    def __init__(self, factory: ChatFactory,
+                 shutdown_timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT):
+        super().__init__()
         self.factory = factory
-        self.timeout = timeout
+        self.shutdown_timeout = shutdown_timeout
 
     def stopService(self):
-        super().stopService()
-        return self.factory.shutdown(self.timeout)
+        d = defer.maybeDeferred(super().stopService)  # no new connections
+        d.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
+        return d

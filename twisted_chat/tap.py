@@ -10,7 +10,7 @@ from . import limits
 from .commands import valid_room
 from .errors import ChatError
 from .hub import Hub
-from .protocol import DEFAULT_MAX_LINE, ChatFactory, ConnectionsService
+from .protocol import DEFAULT_MAX_LINE, ChatFactory, ChatService
 
 DEFAULT_PORT = "tcp:5000"
 log = Logger()
@@ -149,10 +149,7 @@ def makeService(options) -> service.IService:
         idle_timeout=options["idle-timeout"],
     )
     _check_descriptors(options["max-clients"], options["listen-backlog"])
-    top = service.MultiService()
-    # First child, so stopped last: listeners close first, then every client
-    # gets its bye.
-    ConnectionsService(factory, options["shutdown-timeout"]).setServiceParent(top)
+    top = ChatService(factory, options["shutdown-timeout"])
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
     return top
