@@ -90,6 +90,17 @@ class ChatServer:
             if pattern.search(line):
                 return line
 
+    def listener(self, prefix, timeout=DEFAULT_TIMEOUT):
+        """The port of the listener whose ``--port`` description starts with
+        ``prefix`` (e.g. ``ssl:``), once it has announced itself."""
+        pattern = re.compile(r"chat listening on tcp:(\d+)\S* \(" + re.escape(prefix))
+        for line in list(self.log):
+            if pattern.search(line):
+                break
+        else:
+            line = self.wait_for_log(pattern, timeout)
+        return int(pattern.search(line).group(1))
+
     def logtext(self):
         return "\n".join(self.log)
 
@@ -121,12 +132,20 @@ class ChatServer:
 class LineClient:
     """A blocking socket client of the chat line protocol."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=DEFAULT_TIMEOUT, source=None):
+    def __init__(self, port, host="127.0.0.1", timeout=DEFAULT_TIMEOUT, source=None, tls=None,
+                 server_hostname=None):
         # ``source``: a local address to connect from (another 127.x.y.z
         # address looks like another machine to the server).
+        # ``tls``: an ``ssl.SSLContext`` to speak TLS (the handshake happens here).
         self.sock = socket.create_connection(
             (host, port), timeout=timeout,
             source_address=(source, 0) if source else None)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname or host)
+            except BaseException:
+                self.sock.close()
+                raise
         self.timeout = timeout
         self._buf = b""
         self.seen = []  # every line received so far, decoded

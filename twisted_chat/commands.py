@@ -84,6 +84,7 @@ USAGE = {
     "ping": "/ping [TOKEN]",
     "quit": "/quit [REASON]",
     "help": "/help",
+    "login": "/login NAME PASSWORD",
 }
 
 HELP = [
@@ -131,6 +132,11 @@ def parse(line: str) -> Optional[Command]:
         if not rest:
             raise _usage(name)
         return Command(name, text=rest)
+    if name == "login":
+        # Never echo the arguments: the password is among them.
+        if len(words) < 2:
+            raise _usage(name)
+        return Command(name, arg=words[0], text=rest.split(None, 1)[1])
     if name == "mode":
         if len(words) != 1 or words[0].lower() not in ("json", "text"):
             raise _usage(name)

@@ -15,10 +15,15 @@ from .errors import ChatError
 from .events import Event
 
 
+# What a member that has not logged in may do on a server without guests:
+# nothing that shows it to anybody (mode and ping only shape its own output).
+GUEST_COMMANDS = frozenset({"login", "help", "quit", "mode", "ping"})
+
+
 class Member:
     """One connection's identity in the hub."""
 
-    __slots__ = ("nick", "key", "room", "echo", "deliver", "__weakref__")
+    __slots__ = ("nick", "key", "room", "echo", "deliver", "account", "__weakref__")
 
     def __init__(self, nick: str, deliver: Callable[[Event], None]):
         self.nick = nick
@@ -28,6 +33,7 @@ class Member:
         # messages (with id and ts); in text mode it does not.
         self.echo = False
         self.deliver = deliver
+        self.account: Optional[str] = None  # folded account name once logged in
 
     @property
     def registered(self) -> bool:
@@ -82,6 +88,8 @@ class Hub:
         default_room: str = "lobby",
         clock: Callable[[], float] = time.time,
         history=None,
+        reserved: Optional[Callable[[str], bool]] = None,
+        guests: bool = True,
     ):
         self.server_name = server_name
         self.motd = motd
@@ -91,18 +99,17 @@ class Hub:
         self.members: Dict[str, Member] = {}  # folded nick -> member
         self.rooms: Dict[str, Room] = {}  # folded name -> room
         self._guests = 0
+        # Accounts: reserved(folded nick) says whether the nick has an account;
+        # without guests, a member must log in before anything but GUEST_COMMANDS.
+        self.reserved = reserved or (lambda key: False)
+        self.guests = guests
         self._room(self.default_room)
 
     # -- connections ---------------------------------------------------------
 
     def connect(self, deliver: Callable[[Event], None]) -> Member:
         """A new connection: reserve a guest nick; it is not in any room yet."""
-        while True:
-            self._guests += 1
-            nick = f"guest{self._guests}"
-            if fold(nick) not in self.members:
-                break
-        member = Member(nick, deliver)
+        member = Member(self._guest_nick(), deliver)
         self.members[member.key] = member
         return member
 
@@ -117,8 +124,9 @@ class Hub:
         return Event("welcome", fields)
 
     def register(self, member: Member) -> None:
-        """Join the default room, unless the member is in a room already."""
-        if member.room is None:
+        """Join the default room, unless the member is in a room already
+        (or is a guest on a server without guests)."""
+        if member.room is None and (self.guests or member.account is not None):
             self.join(member, self.default_room)
 
     def disconnect(self, member: Member, reason: str = "disconnected") -> None:
@@ -135,9 +143,37 @@ class Hub:
         holder = self.members.get(key)
         if holder is not None and holder is not member:
             raise ChatError("nick-taken", f"the nick {nick} is taken")
+        if key != member.account and self.reserved(key):
+            raise ChatError("nick-reserved", f"the nick {nick} belongs to an account; "
+                            "its owner uses /login")
         if nick == member.nick:
             member.deliver(Event("info", {"message": f"you are already {nick}"}))
             return
+        self._rename(member, nick)
+
+    def check_guest(self, member: Member, command: str) -> None:
+        """Raise login-required if a guest may not run ``command`` here."""
+        if not self.guests and member.account is None and command not in GUEST_COMMANDS:
+            raise ChatError("login-required",
+                            "this server has no guests: /login NAME PASSWORD first")
+
+    def login(self, member: Member, nick: str) -> None:
+        """``member`` proved it owns the account ``nick``: it takes that nick,
+        and whoever else holds it becomes a guest."""
+        key = fold(nick)
+        member.account = key
+        holder = self.members.get(key)
+        if holder is not None and holder is not member:
+            self._rename(holder, self._guest_nick())
+            holder.deliver(Event("info", {
+                "message": f"{nick} logged in to its account; you are now {holder.nick}"}))
+        if nick != member.nick:
+            self._rename(member, nick)
+        else:
+            self.register(member)
+
+    def _rename(self, member: Member, nick: str) -> None:
+        key = fold(nick)
         old = member.nick
         del self.members[member.key]
         member.nick, member.key = nick, key
@@ -215,6 +251,13 @@ class Hub:
         member.deliver(Event("rooms", {"rooms": rooms}))
 
     # -- internals -----------------------------------------------------------
+
+    def _guest_nick(self) -> str:
+        while True:
+            self._guests += 1
+            nick = f"guest{self._guests}"
+            if fold(nick) not in self.members:
+                return nick
 
     def _room(self, name: str) -> Room:
         key = fold(name)

@@ -47,6 +47,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._grace = None
         self._abort = None  # forces a close the peer does not complete
         self._admitted = False
+        self._login_pending = False
 
     # -- connection life -----------------------------------------------------
 
@@ -66,6 +67,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.member = factory.hub.connect(self.deliver)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
         self.deliver(factory.hub.welcome(self.member))
+        if not factory.hub.guests:
+            self.deliver(events.info("this server has no guests: /login NAME PASSWORD"))
         self._grace = factory.clock.callLater(factory.grace, self._register)
         if factory.idle_timeout:
             self.setTimeout(factory.idle_timeout)
@@ -215,6 +218,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _dispatch(self, command):
         hub, member, name = self.factory.hub, self.member, command.name
+        hub.check_guest(member, name)
         if name == "say":
             hub.say(member, command.text)
         elif name == "me":
@@ -241,9 +245,36 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         elif name == "help":
             for line in HELP:
                 self.deliver(events.info(line))
+        elif name == "login":
+            self._login(command.arg, command.text)
         elif name == "quit":
             reason = f"quit: {command.text}" if command.text else "quit"
             self.close(reason, bye="goodbye")
+
+    def _login(self, name, password):
+        accounts = self.factory.accounts
+        if accounts is None:
+            raise ChatError("login-failed", "this server has no accounts")
+        if self._login_pending:
+            raise ChatError("login-failed", "a login is already in progress")
+        d = accounts.login(self.host, name, password)
+        self._login_pending = True
+
+        def succeeded(nick):
+            self._login_pending = False
+            if self.member is not None:  # still connected
+                self.log.info("login {peer} {old} as {nick}", peer=self.peer,
+                              old=self.member.nick, nick=nick)
+                self.factory.hub.login(self.member, nick)
+
+        def failed(failure):
+            self._login_pending = False
+            failure.trap(ChatError)
+            if self.member is not None:
+                self._reply_error(failure.value.code, failure.value.message)
+
+        d.addCallbacks(succeeded, failed).addErrback(
+            lambda f: self.log.failure("login of {peer} went wrong", f, peer=self.peer))
 
     # -- output --------------------------------------------------------------
 
@@ -307,7 +338,7 @@ class ChatFactory(Factory):
                  rate: float = limits.DEFAULT_RATE, burst: int = limits.DEFAULT_BURST,
                  max_clients: int = limits.DEFAULT_MAX_CLIENTS,
                  max_per_ip: int = limits.DEFAULT_MAX_PER_IP,
-                 idle_timeout: float = 0):
+                 idle_timeout: float = 0, accounts=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.hub = hub
@@ -319,6 +350,7 @@ class ChatFactory(Factory):
         self.burst = burst
         self.idle_timeout = idle_timeout
         self.limits = limits.ConnectionLimits(max_clients, max_per_ip)
+        self.accounts = accounts  # twisted_chat.auth.Accounts, or None without --auth
         self.connections = set()  # admitted connections still open
         self._dirty = []
         self._flush_call = None

@@ -2,11 +2,14 @@
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import AuthOptionMixin
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
 from . import limits
+from .auth import Accounts
 from .commands import valid_room
 from .errors import ChatError
 from .hub import Hub
@@ -36,8 +39,9 @@ def with_backlog(description: str, backlog: int) -> str:
 
 
 
-class Options(usage.Options):
+class Options(AuthOptionMixin, usage.Options):
     synopsis = "[options]"
+    supportedInterfaces = (IUsernamePassword,)  # --auth checkers of names and passwords
     longdesc = (
         "Run a twisted-chat server. Clients speak a line protocol (see "
         "docs/protocol.rst): netcat works, and so does twisted-chat-client."
@@ -68,6 +72,9 @@ class Options(usage.Options):
         ["shutdown-timeout", None, limits.DEFAULT_SHUTDOWN_TIMEOUT,
          "Seconds clients get to read their bye at shutdown before connections are cut.",
          float],
+        ["guests", None, None,
+         "yes|no: may connections that have not logged in chat? "
+         "Default: yes without --auth, no with it."],
     ]
 
     def __init__(self):
@@ -105,8 +112,19 @@ class Options(usage.Options):
             self["default-room"] = valid_room(self["default-room"])
         except ChatError as e:
             raise usage.UsageError(f"bad --default-room: {e.message}")
+        self["guests"] = _guests(self["guests"], bool(self.get("credCheckers")))
         if self["max-line"] < 64:
             raise usage.UsageError("--max-line must be at least 64 bytes")
+
+
+def _guests(value, have_accounts: bool) -> bool:
+    if value is None:
+        return not have_accounts
+    if value.lower() not in ("yes", "no"):
+        raise usage.UsageError(f"--guests takes yes or no, not {value!r}")
+    if value.lower() == "no" and not have_accounts:
+        raise usage.UsageError("--guests no needs accounts: give --auth too")
+    return value.lower() == "yes"
 
 
 class _Announced:
@@ -137,16 +155,20 @@ def _where(address):
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
+    checkers = options.get("credCheckers")
+    accounts = Accounts(checkers, reactor) if checkers else None
     hub = Hub(
         server_name=options["server-name"],
         motd=options["motd"],
         default_room=options["default-room"],
+        reserved=accounts.reserved if accounts else None,
+        guests=options["guests"],
     )
     factory = ChatFactory(
         hub, clock=reactor, max_line=options["max-line"],
         max_backlog=options["max-backlog"], rate=options["rate"], burst=options["burst"],
         max_clients=options["max-clients"], max_per_ip=options["max-per-ip"],
-        idle_timeout=options["idle-timeout"],
+        idle_timeout=options["idle-timeout"], accounts=accounts,
     )
     _check_descriptors(options["max-clients"], options["listen-backlog"])
     top = ChatService(factory, options["shutdown-timeout"])
