@@ -257,7 +257,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             raise ChatError("login-failed", "this server has no accounts")
         if self._login_pending:
             raise ChatError("login-failed", "a login is already in progress")
-        d = accounts.login(self.host, name, password)
+        d = accounts.login(self.host or self.peer, name, password)
         self._login_pending = True
 
         def succeeded(nick):
