@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -11,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_chat import passwords
 
-from .support import ChatServer
+from .certs import self_signed
+from .support import ChatServer, LineClient
 
 CHEAP = dict(ln=4, r=8, p=1)
 GENERIC = "login failed: wrong name or password"
@@ -177,3 +179,39 @@ class MemoryCheckerTests(SynchronousTestCase):
         c.send("/login bob pw-two")
         c.expect_event("nick", new="bob")
         c.expect_event("names", room="lobby")
+
+
+class TLSLoginTests(AccountServerTestCase):
+    """The issue's goal: TLS, accounts from the hashed file, no guests."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="chat-accounts-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.path = os.path.join(self.dir, "accounts")
+        for name, password in self.accounts.items():
+            passwords.set_account(self.path, name, passwords.hash_password(password, **CHEAP))
+        self.key, self.cert = self_signed(self.dir, "localhost")
+        self.server = ChatServer(
+            "--port", "ssl:0:interface=127.0.0.1:privateKey=server.key:certKey=server.pem",
+            "--auth", "chat-passwd:accounts", "--guests", "no", directory=self.dir).start()
+        self.addCleanup(self.server.stop)
+
+    def test_login_over_tls_and_no_secret_in_the_log(self):
+        context = ssl.create_default_context(cafile=self.cert)
+        alice = LineClient(self.server.listener("ssl:"), tls=context, server_hostname="localhost")
+        self.addCleanup(alice.close)
+        alice.json_mode()
+        self.login(alice, "alice", self.accounts["alice"])
+        alice.expect_event("nick", new="alice")
+        alice.expect_event("names", room="lobby", nicks=["alice"])
+        bob = self.client()  # the plain listener beside it
+        self.login(bob, "bob", self.accounts["bob"])
+        alice.expect_event("join", nick="bob")
+        alice.send("/msg bob over TLS")
+        self.assertEqual(bob.expect_event("private")["text"], "over TLS")
+        self.server.wait_for_log(r"login 127\.0\.0\.1:\d+ guest\d+ as bob")
+        self.server.stop()
+        log = self.server.logtext()
+        self.assertIn("as alice", log)
+        for secret in self.accounts.values():
+            self.assertNotIn(secret, log)

@@ -315,6 +315,19 @@ class ProtocolLoginTests(SynchronousTestCase):
         self.assertNotIn("alice", self.hub.members)
 
 
+class NoAccountsTests(SynchronousTestCase):
+    def test_login_without_auth(self):
+        clock = MemoryReactorClock()
+        factory = ChatFactory(Hub(), clock=clock)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=_Addr("127.0.0.1"))
+        proto.makeConnection(transport)
+        proto.lineReceived(b"/login alice pw")
+        clock.advance(0)
+        self.assertIn(b"!! login-failed: this server has no accounts", transport.value())
+        self.assertNotIn(b"pw", transport.value().split(b"login-failed")[1])
+
+
 class _Addr:
     def __init__(self, host):
         self.host, self.port, self.type = host, 4242, "TCP"
