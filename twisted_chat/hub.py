@@ -9,7 +9,7 @@ Client mistakes raise :class:`~twisted_chat.errors.ChatError`.
 import time
 from typing import Callable, Dict, Optional
 
-from . import __version__
+from . import __version__, fanout
 from .commands import fold, valid_nick, valid_room
 from .errors import ChatError
 from .events import Event
@@ -23,9 +23,10 @@ GUEST_COMMANDS = frozenset({"login", "help", "quit", "mode", "ping"})
 class Member:
     """One connection's identity in the hub."""
 
-    __slots__ = ("nick", "key", "room", "echo", "deliver", "account", "__weakref__")
+    __slots__ = ("nick", "key", "room", "echo", "deliver", "account", "direct", "sink",
+                 "__weakref__")
 
-    def __init__(self, nick: str, deliver: Callable[[Event], None]):
+    def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None):
         self.nick = nick
         self.key = fold(nick)
         self.room: Optional[Room] = None  # None until registered
@@ -34,6 +35,11 @@ class Member:
         self.echo = False
         self.deliver = deliver
         self.account: Optional[str] = None  # folded account name once logged in
+        # Room fan-out (twisted_chat.fanout) pushes a turn's pre-encoded room
+        # events to ``sink`` (mode, push(bytes)) while ``deliver`` is still
+        # the ``direct`` one it was born with; otherwise event by event.
+        self.direct = deliver
+        self.sink = sink
 
     @property
     def registered(self) -> bool:
@@ -44,11 +50,13 @@ class Member:
 
 
 class Room:
-    __slots__ = ("name", "key", "members")
+    __slots__ = ("name", "key", "members", "hub", "batch")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, hub=None):
         self.name = name
         self.key = fold(name)
+        self.hub = hub  # its ``schedule`` says when the turn's batch flushes
+        self.batch = None  # this turn's events (twisted_chat.fanout.Batch)
         # A dict used as an ordered set: O(1) removal, join order kept.
         self.members: Dict[Member, None] = {}
 
@@ -56,11 +64,11 @@ class Room:
         return [m.nick for m in self.members]
 
     def broadcast(self, event: Event, sender: Optional[Member] = None) -> None:
-        """Deliver ``event`` to every member; ``sender`` gets it only if it echoes."""
-        for member in self.members:
-            if member is sender and not member.echo:
-                continue
-            member.deliver(event)
+        """Deliver ``event`` to every member; ``sender`` gets it only if it echoes.
+
+        Delivery is coalesced per turn (see :mod:`twisted_chat.fanout`).
+        """
+        fanout.broadcast(self, event, sender)
 
 
 class MemoryHistory:
@@ -103,13 +111,16 @@ class Hub:
         # without guests, a member must log in before anything but GUEST_COMMANDS.
         self.reserved = reserved or (lambda key: False)
         self.guests = guests
+        # schedule(room): flush room's batch at the end of this turn (the
+        # protocol factory sets it); None delivers at once.
+        self.schedule: Optional[Callable[[Room], None]] = None
         self._room(self.default_room)
 
     # -- connections ---------------------------------------------------------
 
-    def connect(self, deliver: Callable[[Event], None]) -> Member:
+    def connect(self, deliver: Callable[[Event], None], sink=None) -> Member:
         """A new connection: reserve a guest nick; it is not in any room yet."""
-        member = Member(self._guest_nick(), deliver)
+        member = Member(self._guest_nick(), deliver, sink)
         self.members[member.key] = member
         return member
 
@@ -192,6 +203,7 @@ class Hub:
             return
         if member.room is not None:
             self._leave(member, "left")
+        fanout.entering(room, member)
         room.members[member] = None
         member.room = room
         room.broadcast(Event.timed("join", self.clock(), room=room.name, nick=member.nick))
@@ -263,7 +275,7 @@ class Hub:
         key = fold(name)
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = Room(name)
+            room = self.rooms[key] = Room(name, self)
         return room
 
     def _leave(self, member: Member, reason: str) -> None:
@@ -271,6 +283,7 @@ class Hub:
         event = Event.timed("part", self.clock(), room=room.name, nick=member.nick,
                             ts=None, reason=reason)
         room.broadcast(event)  # the leaver included
+        fanout.catch_up(member)  # what it is owed, up to its own part
         del room.members[member]
         member.room = None
         if not room.members and room.key != fold(self.default_room):

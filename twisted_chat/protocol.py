@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from . import events, limits
+from . import events, fanout, limits
 from .commands import HELP, parse, strip_controls
 from .errors import ChatError
 from .events import JSON, TEXT, Event
@@ -64,7 +64,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         _keepalive(self.transport)
         self.output = limits.BoundedOutput(self.transport, factory.max_backlog, self._too_slow)
         self.bucket = limits.TokenBucket(factory.rate, factory.burst, factory.clock)
-        self.member = factory.hub.connect(self.deliver)
+        self.member = factory.hub.connect(self.deliver, sink=self)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
         self.deliver(factory.hub.welcome(self.member))
         if not factory.hub.guests:
@@ -280,10 +280,20 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def deliver(self, event):
         """Queue ``event`` for this connection; it leaves at the end of the turn."""
+        member = self.member
+        if member is not None and member.room is not None and member.room.batch is not None:
+            fanout.catch_up(member)  # room events before this one go first
         out = self._out
         out.append(event.encode(self.mode))
         if len(out) == 1:
             self.factory.dirty(self)
+
+    def push(self, data):
+        """A pre-encoded share of room events (the fan-out sink)."""
+        if self._out:
+            self._out.append(data)  # behind this turn's direct events
+        else:
+            self.output.write(data)
 
     def flush(self):
         if self._out:
@@ -353,17 +363,29 @@ class ChatFactory(Factory):
         self.accounts = accounts  # twisted_chat.auth.Accounts, or None without --auth
         self.connections = set()  # admitted connections still open
         self._dirty = []
+        self._rooms = []  # rooms with a batch to flush this turn
         self._flush_call = None
         self._closed_all = None  # Deferred of a shutdown in progress
+        hub.schedule = self.dirty_room
 
     def dirty(self, proto):
         self._dirty.append(proto)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
+    def dirty_room(self, room):
+        self._rooms.append(room)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
     def flush(self):
         """Write out every connection's queued events: one write per connection."""
         self._flush_call = None
+        # Rooms first: a member's share lands behind its direct events of
+        # the turn (push appends to a pending _out) or goes out at once.
+        rooms, self._rooms = self._rooms, []
+        for room in rooms:
+            fanout.flush(room)
         dirty, self._dirty = self._dirty, []
         for proto in dirty:
             proto.flush()

@@ -1,0 +1,128 @@
+"""Room fan-out coalesced per reactor turn: one pre-encoded blob per member per turn.
+
+A room's events of one turn collect in a :class:`Batch` instead of being
+delivered member by member. At the end of the turn :func:`flush` renders the
+batch once per output mode and hands that one ``bytes`` object to every member
+whose share is the common one; the loop over members does no per-event work.
+
+Members whose share differs are the exception and get their own slice:
+
+- a sender that does not echo (text mode) gets the batch minus its messages;
+- a member that joined mid-turn gets only what followed its join;
+- a member that receives a direct event (``names``, ``pong``, ``private``...)
+  or leaves mid-turn is *caught up* first (:func:`catch_up`): the room events
+  it was owned so far are given to it before the direct event, so its causal
+  order holds, and the flush only gives it the rest.
+
+A member takes part through its ``sink`` (an object with ``mode`` and
+``push(bytes)``, the connection). A member without a sink, or whose
+``deliver`` has been swapped away from ``direct`` (e.g. while its history
+replay holds live events), is served event by event through ``deliver``.
+No transport here: the hub calls these, the protocol layer is the sink.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+
+class Batch:
+    """One room's events of the current turn."""
+
+    __slots__ = ("events", "senders", "cursors")
+
+    def __init__(self):
+        # (event, member that must not get it back or None)
+        self.events: List[Tuple[object, Optional[object]]] = []
+        self.senders = set()  # members excluded from some event (no echo)
+        # member -> index of the first event it has not been given yet; only
+        # for members joined mid-turn or caught up.
+        self.cursors: Dict[object, int] = {}
+
+
+def _fast(member):
+    return member.sink is not None and member.deliver is member.direct
+
+
+def _give(member, events, start, end):
+    """Give ``events[start:end]`` to one member, minus its own unechoed messages."""
+    if _fast(member):
+        mode = member.sink.mode
+        data = b"".join([e.encode(mode) for e, skip in events[start:end] if skip is not member])
+        if data:
+            member.sink.push(data)
+    else:
+        for e, skip in events[start:end]:
+            if skip is not member:
+                member.deliver(e)
+
+
+def broadcast(room, event, sender=None) -> None:
+    """Queue ``event`` for every member of ``room``; a non-echoing ``sender`` is skipped."""
+    batch = room.batch
+    if batch is None:
+        batch = room.batch = Batch()
+        hub = room.hub
+        schedule = hub.schedule if hub is not None else None
+        if schedule is None:
+            # No turn to wait for (a bare Hub): deliver at once.
+            batch.events.append((event, _skip(batch, sender)))
+            flush(room)
+            return
+        schedule(room)
+    batch.events.append((event, _skip(batch, sender)))
+
+
+def _skip(batch, sender):
+    if sender is None or sender.echo:
+        return None
+    batch.senders.add(sender)
+    return sender
+
+
+def entering(room, member) -> None:
+    """``member`` joins ``room`` now: it gets none of the turn's earlier events."""
+    batch = room.batch
+    if batch is not None:
+        batch.cursors[member] = len(batch.events)
+
+
+def catch_up(member) -> None:
+    """Give ``member`` the events of its room's batch it is owed so far."""
+    room = member.room
+    if room is None:
+        return
+    batch = room.batch
+    if batch is None:
+        return
+    events = batch.events
+    end = len(events)
+    start = batch.cursors.get(member, 0)
+    batch.cursors[member] = end
+    if start < end:
+        _give(member, events, start, end)
+
+
+def flush(room) -> None:
+    """End of turn: every member of ``room`` gets its share of the batch."""
+    batch = room.batch
+    if batch is None:
+        return
+    room.batch = None
+    events = batch.events
+    end = len(events)
+    senders, cursors = batch.senders, batch.cursors
+    special = bool(senders or cursors)
+    blobs = {}
+    # A copy: a push can drop a slow consumer, which leaves the room.
+    for member in list(room.members):
+        if member.room is not room:
+            continue
+        sink = member.sink
+        if (sink is not None and member.deliver is member.direct
+                and not (special and (member in senders or member in cursors))):
+            mode = sink.mode
+            blob = blobs.get(mode)
+            if blob is None:
+                blob = blobs[mode] = b"".join([e.encode(mode) for e, _ in events])
+            sink.push(blob)
+        else:
+            _give(member, events, cursors.get(member, 0), end)
