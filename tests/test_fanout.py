@@ -132,6 +132,8 @@ class CoalescingTests(ProtocolTestCase):
 
 
 class CoalescingServerTests(ServerTestCase):
+    server_args = ("--rate", "10000", "--burst", "10000")
+
     def test_flood_arrives_whole_in_order_without_text_echo(self):
         watchers = [self.client(f"w{i}") for i in range(8)]
         texter = self.client("texter", json=False)
