@@ -225,6 +225,20 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, self.parse, "--port",
                           "ssl:0:privateKey=/nonexistent.key:certKey=/nonexistent.pem")
 
+    def test_twisted_file_checker(self):
+        d = tempfile.mkdtemp(prefix="chat-auth-")
+        self.addCleanup(shutil.rmtree, d, ignore_errors=True)
+        path = os.path.join(d, "plain")
+        with open(path, "w") as f:
+            f.write("alice:pw-a\nbob:pw-b\n")
+        options = self.parse("--auth", f"file:{path}")
+        self.assertFalse(options["guests"])
+        accounts = Accounts(options["credCheckers"], MemoryReactorClock())
+        self.assertTrue(accounts.reserved("bob"))
+        self.assertFalse(accounts.reserved("carol"))
+        self.assertEqual(result_of(accounts.login("h", "bob", "pw-b")), "bob")
+        self.assertEqual(result_of(accounts.login("h", "bob", "pw-a")).value.code, "login-failed")
+
     def test_chat_passwd_plugin(self):
         d = tempfile.mkdtemp(prefix="chat-auth-")
         self.addCleanup(shutil.rmtree, d, ignore_errors=True)
