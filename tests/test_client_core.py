@@ -1,0 +1,363 @@
+"""The desktop client's Tk-free core: model, protocol, session, reconnect loop. No display."""
+
+from datetime import datetime, timezone
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat.client import model as m
+from twisted_chat.client.protocol import ChatClientFactory
+from twisted_chat.client.session import ChatSession, connect
+
+T0 = datetime(2026, 11, 23, 23, 20, tzinfo=timezone.utc).timestamp()
+
+
+def ev(type, **fields):
+    return dict(fields, type=type)
+
+
+class ModelTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.now = T0
+        self.model = m.ConversationModel(nick="alice", clock=lambda: self.now, tz=timezone.utc)
+        self.changes = []
+        self.model.subscribe(lambda change, value: self.changes.append((change, value)))
+
+    def login(self, room="lobby", others=("bob",)):
+        md = self.model
+        md.connected()
+        md.handle(ev("welcome", nick="guest1", server="s", version="0.1.0"))
+        md.handle(ev("nick", old="guest1", new="alice", ts="2026-11-24T04:12:00.123Z"))
+        md.handle(ev("join", room=room, nick="alice", ts="2026-11-24T04:12:00.123Z"))
+        md.handle(ev("names", room=room, nicks=list(others) + ["alice"]))
+
+    def texts(self):
+        return [line.render() for line in self.model.lines]
+
+
+class ModelTests(ModelTestCase):
+    def test_login_sets_nick_room_and_members(self):
+        self.login()
+        md = self.model
+        self.assertEqual((md.nick, md.room, md.members), ("alice", "lobby", ["bob", "alice"]))
+        self.assertEqual(md.status_text(), "Connected as alice in lobby")
+        self.assertEqual(md.title(), "#lobby — alice — twisted-chat")
+        self.assertIn("[04:12] -- you joined lobby", self.texts())
+        kinds = {c for c, _ in self.changes}
+        self.assertLessEqual({m.ROOM_CHANGED, m.MEMBERS_CHANGED, m.NICK_CHANGED,
+                              m.STATUS_CHANGED, m.LINE_ADDED}, kinds)
+
+    def test_members_follow_join_part_nick_names(self):
+        self.login()
+        md = self.model
+        md.handle(ev("join", room="lobby", nick="carol", ts="2026-11-24T04:13:00.000Z"))
+        self.assertEqual(md.members, ["bob", "alice", "carol"])
+        md.handle(ev("nick", old="carol", new="caroline", ts="2026-11-24T04:13:01.000Z"))
+        self.assertEqual(md.members, ["bob", "alice", "caroline"])
+        md.handle(ev("part", room="lobby", nick="bob", ts="2026-11-24T04:14:00.000Z",
+                     reason="quit: bye"))
+        self.assertEqual(md.members, ["alice", "caroline"])
+        self.assertEqual(self.texts()[-3:], [
+            "[04:13] -- carol joined lobby",
+            "[04:13] -- carol is now known as caroline",
+            "[04:14] -- bob left lobby (quit: bye)",
+        ])
+        # names of another room (a /who dev) is shown, not taken as ours.
+        md.handle(ev("names", room="dev", nicks=["zed"]))
+        self.assertEqual(md.members, ["alice", "caroline"])
+        self.assertEqual(self.texts()[-1], "[23:20] -- in dev: zed")
+        # A names of our room replaces the list.
+        md.handle(ev("names", room="LOBBY", nicks=["alice"]))
+        self.assertEqual(md.members, ["alice"])
+
+    def test_own_nick_change_and_room_change(self):
+        self.login()
+        md = self.model
+        md.handle(ev("nick", old="alice", new="alicia", ts="2026-11-24T04:15:00.000Z"))
+        self.assertEqual((md.nick, md.wanted_nick), ("alicia", "alicia"))
+        self.assertEqual(md.members, ["bob", "alicia"])
+        md.handle(ev("part", room="lobby", nick="alicia", ts="x", reason="left"))
+        md.handle(ev("join", room="dev", nick="alicia", ts="2026-11-24T04:16:00.000Z"))
+        md.handle(ev("names", room="dev", nicks=["alicia"]))
+        self.assertEqual((md.room, md.members), ("dev", ["alicia"]))
+        self.assertIn((m.ROOM_CHANGED, "dev"), self.changes)
+
+    def test_message_kinds(self):
+        self.login()
+        md = self.model
+        md.handle(ev("message", id=1, ts="2026-11-24T04:20:00.000Z", room="lobby",
+                     nick="alice", text="mine"))
+        md.handle(ev("message", id=2, ts="2026-11-24T04:21:00.000Z", room="lobby",
+                     nick="bob", text="his"))
+        md.handle(ev("message", id=3, ts="2026-11-24T04:22:00.000Z", room="lobby",
+                     nick="bob", text="waves", action=True))
+        md.handle(ev("private", id=4, ts="2026-11-24T04:23:00.000Z", to="alice",
+                     text="psst", **{"from": "bob"}))
+        md.handle(ev("private", id=5, ts="2026-11-24T04:24:00.000Z", to="bob",
+                     text="ok", **{"from": "alice"}))
+        md.handle(ev("error", code="no-such-nick", message="nobody is called zed"))
+        got = [(line.kind, line.render()) for line in md.lines[-6:]]
+        self.assertEqual(got, [
+            (m.OWN, "[04:20] <alice> mine"),
+            (m.OTHER, "[04:21] <bob> his"),
+            (m.ACTION, "[04:22] * bob waves"),
+            (m.PRIVATE, "[04:23] *bob* psst"),
+            (m.PRIVATE, "[04:24] -> *bob* ok"),
+            (m.ERROR, "[23:20] !! no-such-nick: nobody is called zed"),
+        ])
+
+    def test_nick_taken_tells_how_to_pick_another(self):
+        md = self.model
+        md.connected()
+        md.handle(ev("welcome", nick="guest1", server="s", version="0.1.0"))
+        md.handle(ev("error", code="nick-taken", message="the nick alice is taken"))
+        self.assertEqual(md.lines[-1].kind, m.ERROR)
+        self.assertIn("/nick", md.lines[-1].text)
+        self.assertEqual(md.nick, "guest1")
+        self.assertEqual(md.wanted_nick, "alice")  # asked for again on reconnect
+
+    def test_unread_count_while_unfocused(self):
+        self.login()
+        md = self.model
+        md.set_focus(False)
+        md.handle(ev("message", id=1, ts="t", room="lobby", nick="bob", text="one"))
+        md.handle(ev("message", id=2, ts="t", room="lobby", nick="alice", text="own"))
+        md.handle(ev("message", id=0, ts="t", room="lobby", nick="bob", text="old",
+                     history=True))
+        md.handle(ev("private", id=3, ts="t", to="alice", text="two", **{"from": "bob"}))
+        self.assertEqual(md.title(), "(2) #lobby — alice — twisted-chat")
+        self.assertIn((m.TITLE_CHANGED, md.title()), self.changes)
+        md.set_focus(True)
+        self.assertEqual(md.title(), "#lobby — alice — twisted-chat")
+
+    def test_unknown_events_and_fields_are_ignored(self):
+        self.login()
+        md = self.model
+        before = len(md.lines)
+        md.handle(ev("telepathy", room="lobby", nick="bob"))
+        md.handle({"no": "type"})
+        md.handle(ev("message", id=9, ts="2026-11-24T04:30:00.000Z", room="lobby",
+                     nick="bob", text="old news", history=True, shiny=[1, 2]))
+        self.assertEqual(len(md.lines), before + 1)
+        self.assertTrue(md.lines[-1].history)
+        self.assertEqual(md.lines[-1].render(), "[04:30] <bob> old news")
+
+    def test_presence_batches_update_members(self):
+        self.login(others=("bob", "carol"))
+        md = self.model
+        md.handle(ev("presence", room="lobby", joined=["dave", "erin"], left=["bob"]))
+        self.assertEqual(md.members, ["carol", "alice", "dave", "erin"])
+        md.handle(ev("presence", room="elsewhere", joined=["zed"], left=[]))
+        self.assertNotIn("zed", md.members)
+
+    def test_status_through_a_reconnect(self):
+        self.login()
+        md = self.model
+        md.connection_lost("Connection was closed cleanly.")
+        self.assertEqual(md.members, [])
+        self.assertEqual(md.room, "lobby")  # kept, to be joined again
+        self.assertEqual(md.lines[-1].kind, m.ERROR)
+        md.retrying(4.2)
+        self.assertEqual(md.status_text(),
+                         "Connection was closed cleanly. — reconnecting in 4 s")
+        self.now += 3
+        self.assertEqual(md.status_text(),
+                         "Connection was closed cleanly. — reconnecting in 1 s")
+        md.connecting()
+        self.assertEqual(md.status_text(), "Connecting…")
+        md.connection_failed("Connection refused")
+        self.assertEqual(md.status_text(), "Error: Connection refused")
+        md.stopped()
+        self.assertEqual(md.status_text(), "Disconnected")
+
+    def test_bad_timestamps_fall_back_to_now(self):
+        self.model.handle(ev("message", id=1, ts="yesterday", room="r", nick="bob", text="x"))
+        self.model.handle(ev("message", id=2, room="r", nick="bob", text="y"))
+        self.assertEqual(self.texts()[-2:], ["[23:20] <bob> x", "[23:20] <bob> y"])
+
+    def test_lines_are_bounded(self):
+        md = m.ConversationModel(nick="a", max_lines=3)
+        for i in range(5):
+            md.system(f"line {i}")
+        self.assertEqual([line.text for line in md.lines], ["line 2", "line 3", "line 4"])
+
+
+class InputHistoryTests(SynchronousTestCase):
+    def test_up_and_down(self):
+        h = m.InputHistory()
+        for text in ("one", "two", "two", "three"):
+            h.add(text)
+        self.assertEqual(h.items, ["one", "two", "three"])
+        self.assertEqual(h.previous("draft"), "three")
+        self.assertEqual(h.previous("three"), "two")
+        self.assertEqual(h.previous("two"), "one")
+        self.assertEqual(h.previous("one"), "one")  # stays at the oldest
+        self.assertEqual(h.next("one"), "two")
+        self.assertEqual(h.next("two"), "three")
+        self.assertEqual(h.next("three"), "draft")  # back to what was being typed
+        self.assertEqual(h.next("draft"), "draft")
+
+    def test_limit(self):
+        h = m.InputHistory(limit=2)
+        for text in ("a", "b", "c"):
+            h.add(text)
+        self.assertEqual(h.items, ["b", "c"])
+
+
+class SessionTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.model = m.ConversationModel(nick="alice", tz=timezone.utc)
+        self.quits = []
+        self.session = ChatSession(self.model, on_quit=self.quits.append, max_queued=2)
+        self.factory = ChatClientFactory(self.session)
+
+    def open(self):
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def sent(self, transport):
+        lines = transport.value().decode("utf-8").split("\n")
+        transport.clear()
+        return lines[:-1]
+
+
+class ProtocolTests(SessionTestCase):
+    def test_logs_in_at_once(self):
+        proto, transport = self.open()
+        self.assertEqual(self.sent(transport), ["/mode json", "/nick alice"])
+        self.assertEqual(self.model.state, m.CONNECTED)
+
+    def test_events_reach_the_model_text_welcome_is_skipped(self):
+        proto, transport = self.open()
+        proto.dataReceived(
+            b"-- welcome to twisted-chat (twisted-chat 0.1.0); you are guest1\r\n"
+            b"-- type /help for commands\r\n"
+            b'{"type":"welcome","nick":"guest1","server":"twisted-chat","version":"0.1.0"}\r\n'
+            b'{"type":"nick","old":"guest1","new":"alice","ts":"2026-11-24T04:12:00.123Z"}\r\n'
+            b'{"type":"join","room":"lobby","nick":"alice","ts":"2026-11-24T04:12:00.123Z"}\r\n'
+            b'{"type":"names","room":"lobby","nicks":["bob","alice"]}\r\n'
+            b'{"type":"message","id":1,"ts":"2026-11-24T04:12:01.000Z","room":"lobby",'
+            b'"nick":"bob","text":"h\xc3\xa9llo"}\r\n'
+        )
+        self.assertEqual((self.model.nick, self.model.room), ("alice", "lobby"))
+        self.assertEqual(self.model.members, ["bob", "alice"])
+        self.assertEqual(self.model.lines[-1].render(), "[04:12] <bob> héllo")
+        self.assertFalse([line for line in self.model.lines if "welcome to" in line.text])
+
+    def test_garbage_lines_do_not_break_it(self):
+        proto, transport = self.open()
+        proto.dataReceived(b'{"type":"welcome","nick":"alice"}\n[1, 2]\n\xff\xfe\n{"type": 3}\n'
+                           b'{"type":"info","message":"still fine"}\n')
+        self.assertEqual(self.model.lines[-1].text, "still fine")
+        self.assertTrue(transport.connected)
+
+    def test_input_goes_out_as_typed(self):
+        proto, transport = self.open()
+        self.sent(transport)
+        self.session.submit("hello there")
+        self.session.submit("/join dev")
+        self.session.submit("/msg bob hi")
+        self.session.submit("   ")
+        self.session.submit("pasted\nlines\r\n")
+        self.assertEqual(self.sent(transport),
+                         ["hello there", "/join dev", "/msg bob hi", "pasted", "lines"])
+
+    def test_mode_stays_json(self):
+        proto, transport = self.open()
+        self.sent(transport)
+        self.session.submit("/mode text")
+        self.assertEqual(self.sent(transport), [])
+        self.assertEqual(self.model.lines[-1].kind, m.ERROR)
+
+    def test_quit_goes_to_the_app(self):
+        proto, transport = self.open()
+        self.session.submit("/quit see you")
+        self.assertEqual(self.quits, ["see you"])
+        self.sent(transport)
+        self.session.quit("see you")
+        self.assertEqual(self.sent(transport), ["/quit see you"])
+
+    def test_reconnect_restores_nick_room_and_sends_the_queue(self):
+        proto, transport = self.open()
+        proto.dataReceived(
+            b'{"type":"welcome","nick":"guest1"}\n'
+            b'{"type":"nick","old":"guest1","new":"alicia","ts":"t"}\n'
+            b'{"type":"join","room":"dev","nick":"alicia","ts":"t"}\n')
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        self.assertIsNone(self.session.protocol)
+        # Typed while disconnected: queued (and shown), up to the limit.
+        for text in ("one", "two", "three"):
+            self.session.submit(text)
+        unsent = [line for line in self.model.lines if line.kind == m.UNSENT]
+        self.assertEqual([line.who for line in unsent], ["(queued)", "(queued)", "(not sent)"])
+        # Events from a dead connection are ignored.
+        proto.dataReceived(b'{"type":"info","message":"ghost"}\n')
+        self.assertNotEqual(self.model.lines[-1].text, "ghost")
+
+        proto2, transport2 = self.open()
+        self.assertEqual(self.sent(transport2),
+                         ["/mode json", "/nick alicia", "/join dev", "one", "two"])
+        self.assertEqual(self.session.outbox, [])
+
+
+class FakeEndpoint:
+    """Connect attempts answered by the test: refused, or a StringTransport."""
+
+    def __init__(self):
+        self.attempts = []
+
+    def connect(self, factory):
+        d = Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+
+class ReconnectLoopTests(SessionTestCase):
+    def test_backoff_status_and_stop(self):
+        clock = MemoryReactorClock()
+        endpoint = FakeEndpoint()
+        service = connect(endpoint, self.session, clock=clock, retry_policy=lambda n: 2.0 * n)
+        service.startService()
+        self.assertEqual(self.model.state, m.CONNECTING)
+
+        endpoint.attempts[0][1].errback(ConnectionRefusedError("refused"))
+        self.assertEqual(self.model.state, m.WAITING)
+        self.assertIn("refused", self.model.status_text())
+        self.assertIn("reconnecting in 2 s", self.model.status_text())
+
+        clock.advance(2.0)
+        self.assertEqual(len(endpoint.attempts), 2)
+        factory, d = endpoint.attempts[1]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        d.callback(proto)
+        self.assertEqual(self.model.state, m.CONNECTED)
+        self.assertEqual(transport.value(), b"/mode json\n/nick alice\n")
+
+        # The connection drops: back to waiting, the counter restarted.
+        proto.connectionLost(Failure(ConnectionRefusedError("gone")))
+        self.assertEqual(self.model.state, m.WAITING)
+        self.assertIn("reconnecting in 2 s", self.model.status_text())
+
+        stopped = service.stopService()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_failed_attempt_is_reported(self):
+        class Refusing:
+            def connect(self, factory):
+                return fail(ConnectionRefusedError("nope"))
+
+        clock = MemoryReactorClock()
+        service = connect(Refusing(), self.session, clock=clock, retry_policy=lambda n: 5)
+        service.startService()
+        self.assertIn("nope", self.model.status_text())
+        self.assertIn("reconnecting in 5 s", self.model.status_text())
+        self.successResultOf(service.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -1,0 +1,178 @@
+"""The real Tk window against a real server: typing, sending, receiving, reconnecting, closing.
+
+Each test runs the client app (real widgets, real reactor, tksupport) in a
+subprocess on an X display (``$DISPLAY``, or a private Xvfb) and a real
+``twistd chat`` on loopback, and checks both sides: what a second, plain
+socket client receives, and what the window's widgets show.
+"""
+
+import signal
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from .support import ChatServer
+from .window_support import WindowClient, display
+
+
+def has_line(fragment, tag=None):
+    """A predicate: the chat log has a line containing ``fragment`` (styled ``tag``)."""
+    def check(state):
+        return any(fragment in line and (tag is None or tag in tags)
+                   for line, tags in zip(state["lines"], state["tags"]))
+    return check
+
+
+class WindowTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.display = display(self)
+        self.server = ChatServer().start()
+        self.addCleanup(self.server.stop)
+
+    def window(self, *args):
+        w = WindowClient(self.display, "--port", str(self.server.port), *args)
+        self.addCleanup(w.close)
+        return w
+
+    def peer(self, nick):
+        c = self.server.client()
+        self.addCleanup(c.close)
+        c.json_mode(nick)
+        return c
+
+    def assertCleanExit(self, w):
+        self.assertEqual(w.wait_exit(), 0, w.errors())
+        self.assertNotIn("Traceback", w.errors())
+
+
+class ChatWindowTests(WindowTestCase):
+    def test_send_and_receive_through_the_window(self):
+        alice = self.window("--nick", "alice")
+        state = alice.wait_for(lambda s: s["status"] == "Connected as alice in lobby",
+                               "alice to be connected")
+        self.assertEqual(state["room"], "#lobby")
+        self.assertIn("#lobby", state["title"])
+        self.assertEqual(state["members"], ["alice"])
+
+        bob = self.peer("bob")
+        state = alice.wait_for(lambda s: "bob" in s["members"], "bob in the member list")
+        self.assertEqual(state["members"], ["alice", "bob"])
+        self.assertEqual(state["members_label"], "2 members")
+        self.assertTrue(has_line("bob joined lobby", "system")(state))
+
+        # Typed into the entry, sent with the Send button: bob gets it.
+        alice.say("hello from the window")
+        ev = bob.expect_event("message", nick="alice")
+        self.assertEqual((ev["text"], ev["room"]), ("hello from the window", "lobby"))
+        # The window shows the server's copy, timestamped, in the own style.
+        state = alice.wait_for(has_line("<alice> hello from the window", "own"),
+                               "alice's own message in her log")
+        line = next(line for line in state["lines"] if "hello from the window" in line)
+        self.assertRegex(line, r"^\[\d\d:\d\d\] <alice> hello from the window$")
+        self.assertEqual(state["entry"], "")
+
+        # Enter in the entry sends too; slash commands go through as typed.
+        alice.call("type", text="/me waves")
+        alice.call("key", widget="entry", key="Return")
+        ev = bob.expect_event("message", nick="alice", text="waves")
+        self.assertIs(ev["action"], True)
+        alice.wait_for(has_line("* alice waves", "action"), "the action line")
+
+        # Up recalls the earlier input.
+        alice.call("key", widget="entry", key="Up")
+        self.assertEqual(alice.dump()["entry"], "/me waves")
+        alice.call("key", widget="entry", key="Up")
+        self.assertEqual(alice.dump()["entry"], "hello from the window")
+        alice.call("key", widget="entry", key="Down")
+        self.assertEqual(alice.dump()["entry"], "/me waves")
+        alice.call("type", text="")
+
+        # bob's message, action and private message appear, each in its style.
+        bob.send("hi alice", "/me bows", "/msg alice just for you")
+        state = alice.wait_for(has_line("*bob* just for you", "private"), "bob's private line")
+        self.assertTrue(has_line("<bob> hi alice", "other")(state), state["lines"])
+        self.assertTrue(has_line("* bob bows", "action")(state), state["lines"])
+        self.assertTrue(state["at_bottom"])
+
+        # Unread count in the title while the window is not focused.
+        alice.call("focus", focused=False)
+        bob.send("are you there?")
+        alice.wait_for(lambda s: s["title"].startswith("(1) #lobby"), "an unread count")
+        self.assertNotIn("(1)", alice.call("focus", focused=True)["title"])
+
+        # A nick change and a part are reflected in the member list.
+        carol = self.peer("carol")
+        alice.wait_for(lambda s: "carol" in s["members"], "carol in the member list")
+        carol.send("/nick caroline")
+        alice.wait_for(lambda s: s["members"] == ["alice", "bob", "caroline"], "caroline")
+        carol.send("/quit")
+        state = alice.wait_for(lambda s: s["members"] == ["alice", "bob"], "carol gone")
+        self.assertTrue(has_line("caroline left lobby (quit)", "system")(state))
+
+        # The close button: a clean goodbye and exit code 0.
+        alice.call("close")
+        self.assertCleanExit(alice)
+        ev = bob.expect_event("part", nick="alice")
+        self.assertTrue(ev["reason"].startswith("quit"), ev)
+
+    def test_nick_taken_is_shown_and_another_can_be_picked(self):
+        self.peer("alice")
+        w = self.window("--nick", "alice")
+        state = w.wait_for(has_line("nick-taken", "error"), "the nick-taken error")
+        line = next(line for line in state["lines"] if "nick-taken" in line)
+        self.assertIn("/nick", line)  # it says how to pick another
+        # Still usable: after its grace the server registers the connection as a guest.
+        state = w.wait_for(lambda s: s["status"].startswith("Connected as guest")
+                           and s["status"].endswith(" in lobby"), "a guest nick in lobby")
+        bob = self.peer("bob")
+        # Pick another nick in the nick field.
+        w.call("nick", text="alice2")
+        w.call("key", widget="nick", key="Return")
+        ev = bob.expect_event("nick", new="alice2")
+        self.assertTrue(ev["old"].startswith("guest"))
+        state = w.wait_for(lambda s: s["status"] == "Connected as alice2 in lobby", "alice2")
+        self.assertIn("alice2", state["members"])
+        self.assertIn("alice2", state["title"])
+        w.call("close")
+        self.assertCleanExit(w)
+
+
+class ReconnectWindowTests(WindowTestCase):
+    def test_server_restart_restores_nick_room_and_queued_lines(self):
+        w = self.window("--nick", "alice")
+        w.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected")
+        w.say("/join dev")
+        w.wait_for(lambda s: s["room"] == "#dev" and s["members"] == ["alice"], "room dev")
+
+        port = self.server.port
+        self.server.stop()
+        state = w.wait_for(lambda s: "reconnecting in" in s["status"], "reconnecting")
+        self.assertEqual(state["members"], [])
+        self.assertTrue(has_line("disconnected", "error")(state), state["lines"])
+
+        # Typed while disconnected: shown as queued, not lost.
+        w.say("typed while the server was down")
+        w.wait_for(has_line("typed while the server was down", "unsent"), "a queued line")
+
+        self.server = ChatServer(port=f"tcp:{port}:interface=127.0.0.1").start()
+        self.addCleanup(self.server.stop)
+        # Back with the same nick in the same room; the queued line went to the
+        # server, which echoes it in the room (the own style).
+        state = w.wait_for(has_line("<alice> typed while the server was down", "own"),
+                           "the queued line sent after the reconnect", timeout=30)
+        state = w.wait_for(lambda s: s["status"] == "Connected as alice in dev",
+                           "connected in dev again")
+        self.assertEqual(state["room"], "#dev")
+        bob = self.peer("bob")
+        bob.send("/join dev")
+        names = bob.expect_event("names", room="dev")
+        self.assertEqual(sorted(names["nicks"]), ["alice", "bob"])
+        w.wait_for(lambda s: s["members"] == ["alice", "bob"], "bob in the member list")
+        bob.send("welcome back")
+        w.wait_for(has_line("<bob> welcome back", "other"), "bob's message after the restart")
+        w.say("still here")
+        self.assertEqual(bob.expect_event("message", nick="alice")["text"], "still here")
+
+        # Ctrl+C in the terminal: the same clean stop as the close button.
+        w.proc.send_signal(signal.SIGINT)
+        self.assertCleanExit(w)
+        self.assertTrue(bob.expect_event("part", nick="alice")["reason"].startswith("quit"))

@@ -1,0 +1,154 @@
+"""``twisted-chat-client``: options, the Tk root on Twisted's reactor, and a clean exit.
+
+Tk and Twisted share one loop through ``twisted.internet.tksupport`` (the
+reactor calls ``root.update`` every 10 ms); no thread touches Tk. Closing the
+window and Ctrl+C take the same path: the reactor stops, the 'before
+shutdown' trigger says ``/quit`` and stops the ClientService, and after
+``reactor.run()`` returns, ``tksupport.uninstall()`` comes before
+``root.destroy()``.
+"""
+
+import argparse
+import getpass
+import sys
+
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.logger import Logger
+
+from ..commands import valid_nick, valid_room
+from ..errors import ChatError
+from .model import ConversationModel
+from .session import ChatSession, connect
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000  # the server's default (tap.DEFAULT_PORT)
+log = Logger()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="twisted-chat-client",
+        description="The twisted-chat desktop client: a chat window on Tk.",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"server host name or address (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"server TCP port (default {DEFAULT_PORT})")
+    p.add_argument("--connect", metavar="ENDPOINT",
+                   help="client endpoint string instead of --host/--port, "
+                        "e.g. tcp:chat.example.org:5000 or unix:/run/chat.sock")
+    p.add_argument("--nick", help="nick to ask for (default: your login name, if it is a "
+                                  "valid nick; otherwise the server's guest nick)")
+    p.add_argument("--room", help="room to join (default: the server's default room)")
+    p.add_argument("--verbose", action="store_true", help="log connection events to stderr")
+    return p
+
+
+def endpoint_description(args) -> str:
+    """The client endpoint string for the options: --connect, or tcp from --host/--port."""
+    if args.connect:
+        return args.connect
+    return f"tcp:host={quoteStringArgument(args.host)}:port={args.port}"
+
+
+def default_nick():
+    try:
+        return valid_nick(getpass.getuser())
+    except (ChatError, Exception):
+        return None
+
+
+def _check(args, p):
+    try:
+        if args.nick is not None:
+            args.nick = valid_nick(args.nick)
+        if args.room is not None:
+            args.room = valid_room(args.room)
+    except ChatError as e:
+        p.error(e.message)
+    if not args.connect and not (0 < args.port < 65536):
+        p.error("--port must be 1-65535")
+
+
+class ClientApp:
+    """The running client: a model, a session, a ClientService and the window."""
+
+    def __init__(self, reactor, root, endpoint, nick=None, room=None):
+        from .tkview import ChatView
+
+        self.reactor = reactor
+        self.root = root
+        self.model = ConversationModel(nick=nick)
+        self.model.room = room
+        self.session = ChatSession(self.model, on_quit=self.quit)
+        self.view = ChatView(root, self.model, self.session.submit)
+        self.service = connect(endpoint, self.session, clock=reactor)
+        self._stopping = None
+        root.protocol("WM_DELETE_WINDOW", self.quit)
+        root.title(self.model.title())
+        reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+
+    def quit(self, reason: str = "") -> None:
+        """The window was closed (or /quit typed): stop the reactor."""
+        self._reason = reason
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _shutdown(self):
+        if self._stopping is None:
+            self.session.quit(getattr(self, "_reason", "") or "closed the window")
+            self._stopping = self.service.stopService()
+            self._stopping.addBoth(lambda _: self.session.stopped())
+        return self._stopping
+
+    def run(self) -> int:
+        from twisted.internet import tksupport
+
+        self.service.startService()
+        tksupport.install(self.root)
+        try:
+            self.reactor.run()
+        finally:
+            tksupport.uninstall()
+            self.view.close()
+            self.root.destroy()
+        return 0
+
+
+def make_root():
+    """The Tk root, or a clear error when there is no display."""
+    import tkinter
+
+    root = tkinter.Tk(className="twisted-chat")
+    root.geometry("860x540")
+    return root
+
+
+def build(argv=None, reactor=None):
+    """Parse ``argv`` and build the app (window included), not yet running."""
+    p = parser()
+    args = p.parse_args(argv)
+    _check(args, p)
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        endpoint = clientFromString(reactor, endpoint_description(args))
+    except Exception as e:  # the parser raises many types; all mean "bad"
+        p.error(f"bad --connect {args.connect!r}: {e}")
+    if args.verbose:
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    nick = args.nick if args.nick is not None else default_nick()
+    return ClientApp(reactor, make_root(), endpoint, nick=nick, room=args.room)
+
+
+def main(argv=None) -> int:
+    import tkinter
+
+    try:
+        app = build(argv)
+    except tkinter.TclError as e:
+        print(f"twisted-chat-client: cannot open a window: {e}", file=sys.stderr)
+        return 1
+    return app.run()

@@ -1,0 +1,164 @@
+"""The client's session: one model, whichever connection is current, and the reconnect loop.
+
+:class:`ChatSession` is what the user's input and the protocol talk to. On
+every (re)connect it logs in (``/mode json``, ``/nick``, ``/join`` of the room
+it was in) and sends what the user typed while disconnected; it tells the
+model about connection state. :func:`connect` is the one connect path: any
+client endpoint (``tcp:``, ``unix:``, later ``ssl:``) in a
+:class:`~twisted.application.internet.ClientService` with backoff.
+
+No Tk here: a bot or a test can drive a session without a display.
+"""
+
+from typing import Callable, List, Optional
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .model import UNSENT, ConversationModel
+from .protocol import ChatClientFactory
+
+MAX_QUEUED = 100  # lines typed while disconnected that wait for the reconnect
+
+
+class ChatSession:
+    log = Logger()
+
+    def __init__(self, model: ConversationModel, on_quit: Optional[Callable[[str], None]] = None,
+                 max_queued: int = MAX_QUEUED):
+        self.model = model
+        self.on_quit = on_quit
+        self.max_queued = max_queued
+        self.protocol = None
+        self.outbox: List[str] = []
+
+    # -- the connection's side -------------------------------------------------
+
+    def connecting(self) -> None:
+        self.model.connecting()
+
+    def connect_failed(self, failure) -> None:
+        if not failure.check(CancelledError):
+            self.model.connection_failed(failure.getErrorMessage())
+
+    def retrying(self, delay: float) -> None:
+        self.model.retrying(delay)
+
+    def connected(self, proto) -> None:
+        self.protocol = proto
+        self.model.connected()
+        # Log in at once: the server registers a silent connection as a guest
+        # after a short grace, and /mode does not register it.
+        proto.send("/mode json")
+        if self.model.wanted_nick:
+            proto.send(f"/nick {self.model.wanted_nick}")
+        if self.model.room:
+            proto.send(f"/join {self.model.room}")
+        queued, self.outbox = self.outbox, []
+        for text in queued:
+            proto.send(text)
+        if queued:
+            self.model.system(f"sent {len(queued)} line(s) typed while disconnected")
+
+    def event_received(self, proto, event: dict) -> None:
+        if proto is self.protocol:
+            self.model.handle(event)
+
+    def raw_line(self, proto, text: str) -> None:
+        if proto is self.protocol:
+            self.model.system(text)
+
+    def disconnected(self, proto, reason) -> None:
+        if proto is self.protocol:
+            self.protocol = None
+            self.model.connection_lost(_why(reason))
+
+    def stopped(self) -> None:
+        self.model.stopped()
+
+    # -- the user's side -------------------------------------------------------
+
+    def submit(self, text: str) -> None:
+        """What the user typed: messages and /commands go to the server as they are."""
+        for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+            if line.strip():
+                self._submit_line(line)
+
+    def _submit_line(self, line: str) -> None:
+        word = line.split(None, 1)[0].lower() if line.startswith("/") else ""
+        if word == "/quit":
+            if self.on_quit is not None:
+                self.on_quit(line[len(word):].strip())
+                return
+        elif word == "/mode":
+            self.model.problem("the client needs JSON mode; /mode is not sent")
+            return
+        if self.protocol is not None:
+            self.protocol.send(line)
+        elif len(self.outbox) < self.max_queued:
+            self.outbox.append(line)
+            self.model.add_line(UNSENT, "(queued)", f"{line}  — not connected; "
+                                "it will be sent when the connection is back")
+        else:
+            self.model.add_line(UNSENT, "(not sent)", f"{line}  — not connected and "
+                                f"{self.max_queued} lines are already waiting")
+
+    def quit(self, reason: str = "") -> None:
+        """Say goodbye to the server, if connected (the caller stops the service)."""
+        if self.protocol is not None:
+            self.protocol.send(f"/quit {reason}".rstrip())
+
+
+def _why(reason) -> str:
+    try:
+        return reason.getErrorMessage()
+    except AttributeError:
+        return str(reason)
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """Wraps an endpoint to tell the session about each attempt and its failure."""
+
+    def __init__(self, endpoint, session: ChatSession):
+        self._endpoint = endpoint
+        self._session = session
+
+    def connect(self, factory):
+        self._session.connecting()
+        d = self._endpoint.connect(factory)
+
+        def failed(failure):
+            self._session.connect_failed(failure)
+            return failure
+
+        return d.addErrback(failed)
+
+    def __repr__(self):
+        return repr(self._endpoint)
+
+
+def default_retry_policy():
+    """Backoff from 1 s up to 30 s (plus up to 1 s of jitter)."""
+    return backoffPolicy(initialDelay=1.0, maxDelay=30.0)
+
+
+def connect(endpoint, session: ChatSession, clock=None, retry_policy=None) -> ClientService:
+    """A (not yet started) ClientService keeping ``session`` connected through ``endpoint``.
+
+    This is the one connect path: whatever endpoint it gets (``tcp:``,
+    ``unix:``, ``ssl:`` ...), reconnects back off and the session is told the
+    delay, so the status bar can say "reconnecting in N s".
+    """
+    policy = retry_policy or default_retry_policy()
+
+    def report(attempt: int) -> float:
+        delay = policy(attempt)
+        session.retrying(delay)
+        return delay
+
+    return ClientService(_ReportingEndpoint(endpoint, session), ChatClientFactory(session),
+                         retryPolicy=report, clock=clock)

@@ -1,0 +1,275 @@
+"""The chat window: renders a ConversationModel with Tk and forwards the user's input.
+
+The view never touches sockets: what the user types goes to a ``submit``
+callable (the session's), and everything shown comes from the model's change
+notifications. No modal dialogs: a nested Tk loop would starve the reactor,
+so whatever the client must ask (another nick, say) is asked in the window.
+"""
+
+import tkinter as tk
+import tkinter.font as tkfont
+import zlib
+from typing import Callable
+
+from . import model as m
+
+# Nick colours of other people: readable on white, told apart at a glance.
+_NICK_COLOURS = ("#b5400d", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#827717",
+                 "#4e342e", "#283593", "#c62828", "#00695c")
+OWN_COLOUR = "#1a57b0"
+
+
+def nick_colour(nick: str) -> str:
+    return _NICK_COLOURS[zlib.crc32(nick.casefold().encode("utf-8")) % len(_NICK_COLOURS)]
+
+
+def _tk_safe(text: str) -> str:
+    # Tcl 8.6 keeps strings in UCS-2 on some builds: astral characters (emoji)
+    # would raise TclError; show a replacement character rather than crash.
+    if tk.TkVersion >= 9.0:
+        return text
+    return "".join(c if ord(c) < 0x10000 else "\ufffd" for c in text)
+
+
+class ChatView:
+    """The window's widgets on ``root``, kept in step with ``model``."""
+
+    def __init__(self, root: tk.Tk, model: m.ConversationModel, submit: Callable[[str], None]):
+        self.root = root
+        self.model = model
+        self.submit = submit
+        self.history = m.InputHistory()
+        self._nick_tags = set()
+        self._build()
+        for line in model.lines:
+            self._add_line(line)
+        self._render_members(model.members)
+        self._render_room()
+        self._render_nick()
+        self._render_status()
+        model.subscribe(self._changed)
+        root.bind("<FocusIn>", self._focus_in, add="+")
+        root.bind("<FocusOut>", self._focus_out, add="+")
+        self._ticking = root.after(1000, self._tick)
+        self.entry.focus_set()
+
+    # -- layout --------------------------------------------------------------
+
+    def _build(self):
+        root = self.root
+        root.minsize(520, 320)
+        base = tkfont.nametofont("TkDefaultFont").actual()
+        size = max(abs(base["size"]), 10)
+        family = base["family"]
+        self.fonts = {
+            "text": tkfont.Font(root, family=family, size=size),
+            "bold": tkfont.Font(root, family=family, size=size, weight="bold"),
+            "italic": tkfont.Font(root, family=family, size=size, slant="italic"),
+            "small": tkfont.Font(root, family=family, size=max(size - 1, 8)),
+            "room": tkfont.Font(root, family=family, size=size + 3, weight="bold"),
+        }
+        root.columnconfigure(0, weight=1)
+        root.rowconfigure(1, weight=1)
+
+        top = tk.Frame(root, padx=8, pady=4)
+        top.grid(row=0, column=0, sticky="ew")
+        top.columnconfigure(0, weight=1)
+        self.room_label = tk.Label(top, text="", font=self.fonts["room"], anchor="w")
+        self.room_label.grid(row=0, column=0, sticky="w")
+        tk.Label(top, text="Nick:").grid(row=0, column=1, sticky="e")
+        self.nick_var = tk.StringVar(root)
+        self.nick_entry = tk.Entry(top, textvariable=self.nick_var, width=16)
+        self.nick_entry.grid(row=0, column=2, sticky="e", padx=(4, 0))
+        self.nick_entry.bind("<Return>", self._change_nick)
+        self.nick_entry.bind("<KP_Enter>", self._change_nick)
+
+        body = tk.PanedWindow(root, orient="horizontal", sashwidth=5, borderwidth=0)
+        body.grid(row=1, column=0, sticky="nsew", padx=6)
+
+        logframe = tk.Frame(body)
+        logframe.rowconfigure(0, weight=1)
+        logframe.columnconfigure(0, weight=1)
+        self.log = tk.Text(logframe, wrap="word", state="disabled", width=70, height=22,
+                           font=self.fonts["text"], padx=6, pady=4, borderwidth=1,
+                           relief="sunken", background="white", foreground="#1b1b1b",
+                           spacing1=1, spacing3=1, cursor="arrow")
+        scroll = tk.Scrollbar(logframe, orient="vertical", command=self.log.yview)
+        self.log.configure(yscrollcommand=scroll.set)
+        self.log.grid(row=0, column=0, sticky="nsew")
+        scroll.grid(row=0, column=1, sticky="ns")
+        body.add(logframe, stretch="always", minsize=300)
+
+        side = tk.Frame(body)
+        side.rowconfigure(1, weight=1)
+        side.columnconfigure(0, weight=1)
+        self.members_label = tk.Label(side, text="Members", anchor="w", font=self.fonts["bold"])
+        self.members_label.grid(row=0, column=0, sticky="ew", padx=(4, 0))
+        self.members_list = tk.Listbox(side, width=18, activestyle="none",
+                                       font=self.fonts["text"], borderwidth=1, relief="sunken",
+                                       exportselection=False)
+        self.members_list.grid(row=1, column=0, sticky="nsew", padx=(4, 0))
+        body.add(side, stretch="never", minsize=120)
+
+        bottom = tk.Frame(root, padx=6, pady=6)
+        bottom.grid(row=2, column=0, sticky="ew")
+        bottom.columnconfigure(0, weight=1)
+        self.entry = tk.Entry(bottom, font=self.fonts["text"])
+        self.entry.grid(row=0, column=0, sticky="ew", ipady=3)
+        self.send_button = tk.Button(bottom, text="Send", width=8, command=self.send)
+        self.send_button.grid(row=0, column=1, padx=(6, 0))
+        for key in ("<Return>", "<KP_Enter>"):
+            self.entry.bind(key, self._enter)
+        self.entry.bind("<Up>", self._up)
+        self.entry.bind("<Down>", self._down)
+
+        self.status_label = tk.Label(root, text="", anchor="w", relief="sunken",
+                                     borderwidth=1, padx=6, font=self.fonts["small"])
+        self.status_label.grid(row=3, column=0, sticky="ew")
+
+        log, f = self.log, self.fonts
+        log.tag_configure("stamp", foreground="#8a8a8a", font=f["small"])
+        log.tag_configure(m.OWN + "-who", foreground=OWN_COLOUR, font=f["bold"])
+        log.tag_configure(m.OWN, background="#f1f6ff")
+        log.tag_configure(m.OTHER + "-who", font=f["bold"])
+        log.tag_configure(m.ACTION, foreground="#7b1fa2", font=f["italic"])
+        log.tag_configure(m.PRIVATE, foreground="#8e0038", background="#fff0f5")
+        log.tag_configure(m.PRIVATE + "-who", foreground="#8e0038", font=f["bold"])
+        log.tag_configure(m.SYSTEM, foreground="#6b6b6b", font=f["small"])
+        log.tag_configure(m.ERROR, foreground="#c62828", font=f["bold"])
+        log.tag_configure(m.UNSENT, foreground="#b26a00", font=f["italic"])
+        log.tag_configure("history", foreground="#9a9a9a")
+
+    # -- model changes -------------------------------------------------------
+
+    def _changed(self, change, value):
+        if change == m.LINE_ADDED:
+            self._add_line(value)
+        elif change == m.MEMBERS_CHANGED:
+            self._render_members(value)
+        elif change == m.ROOM_CHANGED:
+            self._render_room()
+        elif change == m.NICK_CHANGED:
+            self._render_nick()
+        elif change == m.STATUS_CHANGED:
+            self._render_status()
+        self.root.title(self.model.title())
+
+    def _at_bottom(self) -> bool:
+        return self.log.yview()[1] >= 0.999
+
+    def _add_line(self, line: m.Line):
+        follow = self._at_bottom()
+        log = self.log
+        log.configure(state="normal")
+        extra = ("history",) if line.history else ()
+        if log.index("end-1c") != "1.0":
+            log.insert("end", "\n")
+        log.insert("end", f"[{line.stamp}] ", ("stamp",) + extra)
+        if line.who:
+            who_tags = (line.kind + "-who", line.kind)
+            if line.kind == m.OTHER:
+                who_tags += (self._nick_tag(line.who.strip("<>")),)
+            log.insert("end", _tk_safe(line.who) + " ", who_tags + extra)
+        log.insert("end", _tk_safe(line.text), (line.kind,) + extra)
+        # Keep the widget bounded like the model.
+        excess = int(log.index("end-1c").split(".")[0]) - self.model.max_lines
+        if excess > 0:
+            log.delete("1.0", f"{excess + 1}.0")
+        log.configure(state="disabled")
+        if follow:
+            log.see("end")
+
+    def _nick_tag(self, nick: str) -> str:
+        tag = "nick-" + nick_colour(nick)
+        if tag not in self._nick_tags:
+            self.log.tag_configure(tag, foreground=nick_colour(nick))
+            self.log.tag_raise("history")
+            self._nick_tags.add(tag)
+        return tag
+
+    def _render_members(self, members):
+        lb = self.members_list
+        lb.delete(0, "end")
+        for i, nick in enumerate(sorted(members, key=str.casefold)):
+            lb.insert("end", _tk_safe(nick))
+            if self.model.is_me(nick):
+                lb.itemconfigure(i, foreground=OWN_COLOUR)
+            else:
+                lb.itemconfigure(i, foreground=nick_colour(nick))
+        n = len(members)
+        self.members_label.configure(text=f"{n} member{'s' if n != 1 else ''}" if n else "Members")
+
+    def _render_room(self):
+        room = self.model.room
+        self.room_label.configure(text=f"#{room}" if room else "(no room)")
+
+    def _render_nick(self):
+        if self.root.focus_get() is not self.nick_entry:
+            self.nick_var.set(self.model.nick or "")
+
+    def _render_status(self):
+        self.status_label.configure(text=self.model.status_text())
+
+    def _tick(self):
+        # The "reconnecting in N s" countdown.
+        self._render_status()
+        self._ticking = self.root.after(1000, self._tick)
+
+    # -- user input ----------------------------------------------------------
+
+    def send(self):
+        """Send what the entry holds (Enter and the Send button)."""
+        text = self.entry.get()
+        self.entry.delete(0, "end")
+        if not text.strip():
+            return
+        self.history.add(text)
+        self.submit(text)
+        self.log.see("end")
+
+    def _enter(self, event):
+        self.send()
+        return "break"
+
+    def _up(self, event):
+        self._replace_entry(self.history.previous(self.entry.get()))
+        return "break"
+
+    def _down(self, event):
+        self._replace_entry(self.history.next(self.entry.get()))
+        return "break"
+
+    def _replace_entry(self, text):
+        self.entry.delete(0, "end")
+        self.entry.insert(0, text)
+        self.entry.icursor("end")
+
+    def _change_nick(self, event):
+        nick = self.nick_var.get().strip()
+        if nick and nick != self.model.nick:
+            self.submit(f"/nick {nick}")
+        self.entry.focus_set()
+        return "break"
+
+    def _focus_in(self, event):
+        if not self.model.focused:
+            self.model.set_focus(True)
+
+    def _focus_out(self, event):
+        # Focus moving between our own widgets also sends FocusOut; only a
+        # focus that left the window counts.
+        self.root.after_idle(self._check_focus)
+
+    def _check_focus(self):
+        try:
+            inside = self.root.focus_get() is not None
+        except (KeyError, tk.TclError):
+            inside = False
+        if not inside and self.model.focused:
+            self.model.set_focus(False)
+
+    def close(self):
+        """Stop the view's own timers (before the root is destroyed)."""
+        if self._ticking is not None:
+            self.root.after_cancel(self._ticking)
+            self._ticking = None
