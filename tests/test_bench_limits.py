@@ -1,0 +1,41 @@
+"""The issue-4 evidence scripts, run small (they are measured only when run
+by hand; here we check they work end to end)."""
+
+import io
+import resource
+from contextlib import redirect_stdout
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat import limits
+from twisted_chat.bench import memory, storm
+
+
+class EvidenceScriptTests(SynchronousTestCase):
+    def test_storm_small(self):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = storm.main(["--clients", "60", "--workers", "2", "--room-size", "20"])
+        self.assertEqual(code, 0, out.getvalue())
+        self.assertIn("accepted 60, registered 60, refused 0, failed 0", out.getvalue())
+
+    def test_memory_small_cuts_the_stalled_client_off(self):
+        lines = []
+        result = memory.memory_run(65536, 3000, 1000, lines.append)
+        self.assertTrue(result["cut_off"], lines)
+        self.assertIn("cut off", lines[0])
+
+
+class FdLimitTests(SynchronousTestCase):
+    def test_soft_limit_is_raised_towards_wanted_never_past_hard(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        low = min(soft, 256)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+        wanted = low + 100 if hard == resource.RLIM_INFINITY else min(low + 100, hard)
+        self.assertEqual(limits.raise_fd_limit(wanted), wanted)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
+        # never lowered
+        self.assertEqual(limits.raise_fd_limit(10), wanted)
+        if hard != resource.RLIM_INFINITY:
+            self.assertEqual(limits.raise_fd_limit(hard + 1000), hard)
