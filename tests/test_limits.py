@@ -280,3 +280,30 @@ class OutputPathTests(SynchronousTestCase):
         h.clock.advance(5)  # the slow one never closes: aborted
         self.assertEqual(fired, [None])
         self.assertTrue(conns[0][1].disconnected)
+
+
+class SocketOptionTests(SynchronousTestCase):
+    def test_accepted_tcp_sockets_get_keepalive_and_nodelay(self):
+        import socket
+
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+
+        class TCPish(StringTransport):
+            def setTcpKeepAlive(self, on):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(on))
+
+            def setTcpNoDelay(self, on):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
+
+            def getHandle(self):
+                return sock
+
+        h = Harness()
+        addr = IPv4Address("TCP", "10.0.0.1", 5555)
+        proto = h.factory.buildProtocol(addr)
+        proto.makeConnection(TCPish(peerAddress=addr))
+        self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+        self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 60)

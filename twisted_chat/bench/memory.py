@@ -39,6 +39,7 @@ class _Reader(threading.Thread):
     def __init__(self, port, nick):
         super().__init__(daemon=True)
         self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.sendall(f"/nick {nick}\r\n".encode())
         self.arrivals = {}
         self.ready = threading.Event()
@@ -71,6 +72,7 @@ class _Reader(threading.Thread):
 
 def _sender(port):
     sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # timing, not Nagle
     sock.sendall(b"/nick sender\r\n")
     return sock
 
