@@ -361,3 +361,45 @@ class ReconnectLoopTests(SessionTestCase):
         self.assertIn("reconnecting in 5 s", self.model.status_text())
         self.successResultOf(service.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class LoginTests(SessionTestCase):
+    def test_login_is_repeated_after_a_reconnect_then_the_room_joined(self):
+        proto, transport = self.open()
+        self.session.submit("/login alice correct horse")
+        self.assertEqual(self.sent(transport)[-1], "/login alice correct horse")
+        proto.dataReceived(
+            b'{"type":"welcome","nick":"guest1"}\n'
+            b'{"type":"nick","old":"guest1","new":"alice","ts":"t"}\n'
+            b'{"type":"join","room":"lobby","nick":"alice","ts":"t"}\n'
+            b'{"type":"part","room":"lobby","nick":"alice","ts":"t","reason":"left"}\n'
+            b'{"type":"join","room":"dev","nick":"alice","ts":"t"}\n')
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+
+        proto2, transport2 = self.open()
+        self.assertEqual(self.sent(transport2), ["/mode json", "/login alice correct horse"])
+        # The login puts us in the default room; then the client goes back to dev.
+        proto2.dataReceived(
+            b'{"type":"welcome","nick":"guest7"}\n'
+            b'{"type":"nick","old":"guest7","new":"alice","ts":"t"}\n'
+            b'{"type":"join","room":"lobby","nick":"alice","ts":"t"}\n')
+        self.assertEqual(self.sent(transport2), ["/join dev"])
+        proto2.dataReceived(b'{"type":"join","room":"dev","nick":"alice","ts":"t"}\n')
+        self.assertEqual(self.sent(transport2), [])
+
+    def test_a_refused_login_is_forgotten(self):
+        proto, transport = self.open()
+        self.session.submit("/login alice wrong")
+        proto.dataReceived(b'{"type":"error","code":"login-failed",'
+                           b'"message":"login failed: wrong name or password"}\n')
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        proto2, transport2 = self.open()
+        self.assertEqual(self.sent(transport2), ["/mode json", "/nick alice"])
+
+    def test_a_guest_rename_is_not_the_wanted_nick(self):
+        proto, transport = self.open()
+        proto.dataReceived(
+            b'{"type":"welcome","nick":"guest1"}\n'
+            b'{"type":"nick","old":"guest1","new":"alice","ts":"t"}\n'
+            b'{"type":"nick","old":"alice","new":"guest9","ts":"t"}\n')
+        self.assertEqual((self.model.nick, self.model.wanted_nick), ("guest9", "alice"))

@@ -6,10 +6,13 @@ subprocess on an X display (``$DISPLAY``, or a private Xvfb) and a real
 socket client receives, and what the window's widgets show.
 """
 
+import shutil
 import signal
+import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from .certs import self_signed
 from .support import ChatServer
 from .window_support import WindowClient, display
 
@@ -176,3 +179,29 @@ class ReconnectWindowTests(WindowTestCase):
         w.proc.send_signal(signal.SIGINT)
         self.assertCleanExit(w)
         self.assertTrue(bob.expect_event("part", nick="alice")["reason"].startswith("quit"))
+
+
+class TLSWindowTests(SynchronousTestCase):
+    def test_connect_endpoint_over_tls(self):
+        display_name = display(self)
+        directory = tempfile.mkdtemp(prefix="chat-client-tls-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        self_signed(directory, "localhost")
+        server = ChatServer(
+            "--port", "ssl:0:interface=127.0.0.1:privateKey=server.key:certKey=server.pem",
+            directory=directory,
+        ).start()
+        self.addCleanup(server.stop)
+        tls_port = server.listener("ssl:")
+        # --connect takes any client endpoint: TLS, verified against our CA.
+        w = WindowClient(display_name, "--nick", "alice", "--connect",
+                         f"tls:localhost:{tls_port}:trustRoots={directory}")
+        self.addCleanup(w.close)
+        w.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected over TLS")
+        bob = server.client()
+        self.addCleanup(bob.close)
+        bob.json_mode("bob")
+        w.say("sealed")
+        self.assertEqual(bob.expect_event("message", nick="alice")["text"], "sealed")
+        w.call("close")
+        self.assertEqual(w.wait_exit(), 0, w.errors())

@@ -13,6 +13,7 @@ Unknown event types and unknown fields are ignored, so the server can grow
 :class:`InputHistory` is the Up/Down recall of the entry field.
 """
 
+import re
 import time
 from datetime import datetime, timezone
 from typing import Callable, List, Optional
@@ -44,6 +45,7 @@ WAITING = "reconnecting"
 STOPPED = "stopped"
 
 APP_NAME = "twisted-chat"
+_GUEST = re.compile(r"guest\d+$", re.IGNORECASE)
 
 
 class Line:
@@ -286,7 +288,10 @@ class ConversationModel:
             self.members[self.members.index(old)] = new
             self._emit(MEMBERS_CHANGED, list(self.members))
         if self.is_me(old):
-            self.wanted_nick = new
+            if not _GUEST.match(new):
+                # A guest nick is the server's choice (after a nick-taken, or
+                # when a login took our name), never the one to ask for again.
+                self.wanted_nick = new
             self._set_nick(new)
             self.system(f"you are now known as {new}", ts)
         else:

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..commands import fold
 from .model import UNSENT, ConversationModel
 from .protocol import ChatClientFactory
 
@@ -34,6 +35,10 @@ class ChatSession:
         self.max_queued = max_queued
         self.protocol = None
         self.outbox: List[str] = []
+        # The user's last /login line, kept in memory only, to log in again
+        # after a reconnect; forgotten when the server refuses it.
+        self.login_line: Optional[str] = None
+        self._restore_room: Optional[str] = None
 
     # -- the connection's side -------------------------------------------------
 
@@ -53,10 +58,16 @@ class ChatSession:
         # Log in at once: the server registers a silent connection as a guest
         # after a short grace, and /mode does not register it.
         proto.send("/mode json")
-        if self.model.wanted_nick:
-            proto.send(f"/nick {self.model.wanted_nick}")
-        if self.model.room:
-            proto.send(f"/join {self.model.room}")
+        if self.login_line:
+            # The check is slow and a server without guests refuses /join
+            # until it is done: join the room once the login has put us in one.
+            proto.send(self.login_line)
+            self._restore_room = self.model.room
+        else:
+            if self.model.wanted_nick:
+                proto.send(f"/nick {self.model.wanted_nick}")
+            if self.model.room:
+                proto.send(f"/join {self.model.room}")
         queued, self.outbox = self.outbox, []
         for text in queued:
             proto.send(text)
@@ -64,8 +75,16 @@ class ChatSession:
             self.model.system(f"sent {len(queued)} line(s) typed while disconnected")
 
     def event_received(self, proto, event: dict) -> None:
-        if proto is self.protocol:
-            self.model.handle(event)
+        if proto is not self.protocol:
+            return
+        kind = event.get("type")
+        if kind == "error" and event.get("code") == "login-failed":
+            self.login_line = None
+        self.model.handle(event)
+        if kind == "join" and self._restore_room and self.model.is_me(event.get("nick")):
+            room, self._restore_room = self._restore_room, None
+            if fold(room) != fold(str(event.get("room"))):
+                proto.send(f"/join {room}")
 
     def raw_line(self, proto, text: str) -> None:
         if proto is self.protocol:
@@ -93,6 +112,8 @@ class ChatSession:
             if self.on_quit is not None:
                 self.on_quit(line[len(word):].strip())
                 return
+        elif word == "/login":
+            self.login_line = line
         elif word == "/mode":
             self.model.problem("the client needs JSON mode; /mode is not sent")
             return

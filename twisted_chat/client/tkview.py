@@ -223,7 +223,8 @@ class ChatView:
         self.entry.delete(0, "end")
         if not text.strip():
             return
-        self.history.add(text)
+        if not text.lower().startswith("/login"):
+            self.history.add(text)  # a password stays out of the recall list
         self.submit(text)
         self.log.see("end")
 
