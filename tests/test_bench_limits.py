@@ -39,3 +39,18 @@ class FdLimitTests(SynchronousTestCase):
         self.assertEqual(limits.raise_fd_limit(10), wanted)
         if hard != resource.RLIM_INFINITY:
             self.assertEqual(limits.raise_fd_limit(hard + 1000), hard)
+
+    def test_max_clients_is_capped_to_what_the_descriptor_limit_fits(self):
+        from twisted_chat.tap import _check_descriptors
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        if hard == resource.RLIM_INFINITY:
+            self.assertEqual(_check_descriptors(1000, 1), 1000)
+            return
+        # More clients than the hard limit can hold: capped below it, so the
+        # extra clients get a clean server-full instead of a failed accept().
+        fits = _check_descriptors(hard, 1)
+        self.assertEqual(fits, max(hard - limits.FD_HEADROOM, hard // 2))
+        self.assertEqual(_check_descriptors(0, 1), fits)  # "unlimited" is capped too
+        self.assertEqual(_check_descriptors(hard // 4, 1), hard // 4)

@@ -1,5 +1,7 @@
 """``twistd chat``: its command-line options and the service tree they build."""
 
+import resource
+
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.credentials import IUsernamePassword
@@ -170,7 +172,8 @@ def makeService(options) -> service.IService:
         max_clients=options["max-clients"], max_per_ip=options["max-per-ip"],
         idle_timeout=options["idle-timeout"], accounts=accounts,
     )
-    _check_descriptors(options["max-clients"], options["listen-backlog"])
+    factory.limits.max_clients = _check_descriptors(options["max-clients"],
+                                                    options["listen-backlog"])
     top = ChatService(factory, options["shutdown-timeout"])
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
@@ -178,15 +181,27 @@ def makeService(options) -> service.IService:
 
 
 def _check_descriptors(max_clients, listen_backlog):
-    """Raise the open-file soft limit so --max-clients connections fit."""
+    """Raise the open-file soft limit so --max-clients connections fit;
+    return the client limit that really fits (0: unlimited).
+
+    Past the descriptor limit accept() fails and the client sees nothing;
+    below it, the client over the limit gets a clean server-full.
+    """
     wanted = max_clients + limits.FD_HEADROOM if max_clients else 1 << 20
     soft = limits.raise_fd_limit(wanted)
-    if soft is not None:
+    if soft is not None and soft != resource.RLIM_INFINITY:
         log.info("open-file limit {soft}", soft=soft)
-        if max_clients and soft < wanted:
-            log.warn("open-file limit {soft} is below --max-clients {n} plus headroom; "
-                     "raise the hard limit (ulimit -Hn) to serve that many", soft=soft,
-                     n=max_clients)
+        if soft < wanted:
+            fits = max(soft - limits.FD_HEADROOM, soft // 2)
+            log.warn("open-file limit {soft} is too low for --max-clients {n}: serving at most "
+                     "{fits} clients; raise the hard limit (ulimit -Hn) to serve more",
+                     soft=soft, n=max_clients or "unlimited", fits=fits)
+            max_clients = fits
+    _check_somaxconn(listen_backlog)
+    return max_clients
+
+
+def _check_somaxconn(listen_backlog):
     try:
         with open("/proc/sys/net/core/somaxconn") as f:
             cap = int(f.read())

@@ -30,6 +30,21 @@ class StormServer(OurServer):
         return twistd_command() + ["-n", "--pidfile=", "chat",
                                    "--port", "tcp:0:interface=127.0.0.1"] + self.extra_args
 
+    def _read(self):
+        # As ServerProcess._read, also counting the log lines that matter here.
+        self.slow = self.refused = 0
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.slow += "slow consumer" in line
+            self.refused += "] refused " in line
+            self.tail.append(line)
+            del self.tail[:-50]
+            if self.port is None:
+                m = self.listening.search(line)
+                if m:
+                    self.port = int(m.group(1))
+                    self._port_seen.set()
+
 
 def _raise_fd_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -156,6 +171,7 @@ def main(argv=None):
               f"failed {failed}, unfinished {pending}")
         print(f"  last registration {slowest:.1f} s after the storm began (wall {wall:.1f} s)")
         print(f"  server RSS before {rss_before / 1024:.1f} MiB, peak {hwm / 1024:.1f} MiB")
+        print(f"  server log: {server.slow} slow consumers cut off, {server.refused} refused")
         for line in fd_line:
             print("  server", " ".join(line.split()))
         return 0 if registered == args.clients else 1
