@@ -198,22 +198,39 @@ class OutputPathTests(SynchronousTestCase):
         texts = [line for line in lines(slow_t) if '"type":"message"' in line]
         self.assertEqual([f'"text":"m{i}"' in t for i, t in enumerate(texts)], [True] * 50)
 
-    def test_rate_limit_drops_line_with_error(self):
+    def test_rate_limit_drops_lines_with_one_error_per_stretch(self):
         h = Harness(rate=1, burst=3)
         alice, alice_t = h.connect(nick="alice")  # /mode and /nick spent 2 tokens
         bob, bob_t = h.connect(nick="bob")
         for i in range(3):
             alice.dataReceived(f"flood {i}\r\n".encode())
-        alice.dataReceived(b"/nick storm\r\n")
+        alice.dataReceived(b"/nick storm\r\n\xff\xfe\r\n/help\r\n" + b"x" * 5000 + b"\r\n")
         h.turn()
         self.assertIn(b'"text":"flood 0"', bob_t.value())
         self.assertNotIn(b"flood 1", bob_t.value())
         self.assertNotIn(b"storm", bob_t.value())
-        self.assertEqual(alice_t.value().count(b'"code":"rate-limited"'), 3)
+        # Dropped lines cost no work: no nick change, no help, no
+        # bad-encoding or line-too-long, and a single rate-limited error.
+        self.assertEqual(alice_t.value().count(b'"code":"rate-limited"'), 1)
+        for absent in (b'"type":"nick","old":"alice"', b'"type":"info"', b"bad-encoding",
+                       b"line-too-long"):
+            self.assertNotIn(absent, alice_t.value())
         h.clock.advance(1.0)
         alice.dataReceived(b"later\r\n")
         h.turn()
         self.assertIn(b'"text":"later"', bob_t.value())
+        alice.dataReceived(b"again\r\nand again\r\n")  # a new stretch: a new error
+        h.turn()
+        self.assertEqual(alice_t.value().count(b'"code":"rate-limited"'), 2)
+
+    def test_blank_lines_are_free(self):
+        h = Harness(rate=1, burst=3)
+        alice, alice_t = h.connect(nick="alice")
+        bob, bob_t = h.connect(nick="bob")
+        alice.dataReceived(b"\r\n   \n\t\r\n" * 1000 + b"still allowed\r\n")
+        h.turn()
+        self.assertIn(b'"text":"still allowed"', bob_t.value())
+        self.assertNotIn(b"rate-limited", alice_t.value())
 
     def test_quit_is_never_rate_limited(self):
         h = Harness(rate=1, burst=1)

@@ -46,6 +46,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._overflow = None  # bytes after an over-long line's newline
         self._grace = None
         self._abort = None  # forces a close the peer does not complete
+        self._limited = False  # dropping lines for --rate (one error per stretch)
         self._admitted = False
         self._login_pending = False
 
@@ -178,7 +179,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def lineLengthExceeded(self, line):
         # LineReceiver hands us the long line plus everything buffered after
         # it. Drop the line up to its newline, keep what follows.
-        self._reply_error("line-too-long", f"lines are limited to {self.factory.max_line} bytes")
+        if self._take():
+            self._reply_error("line-too-long",
+                              f"lines are limited to {self.factory.max_line} bytes")
         end = line.find(b"\n")
         if end < 0:
             self._discarding = True
@@ -190,6 +193,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             return
         if line.endswith(b"\r"):
             line = line[:-1]
+        if not line.strip():
+            return  # blank: ignored, and free
+        # Every other line costs a token before any work or reply, bad ones
+        # included: nothing a client sends can make the server answer faster
+        # than --rate (or spend more than a split and a compare on it).
+        if not _is_quit(line) and not self._take():
+            return
         if len(line) > self.factory.max_line:
             self._reply_error("line-too-long", f"lines are limited to {self.factory.max_line} bytes")
             return
@@ -200,14 +210,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             return
         try:
             command = parse(strip_controls(text))
-            if command is None:
-                return  # blank: ignored, and free
-            if command.name != "quit" and not self.bucket.take():
-                f = self.factory
-                self._reply_error("rate-limited", f"slow down: at most {f.rate:g} lines a second"
-                                  f" (bursts of {f.burst}); that line was dropped")
-                return
-            self._dispatch(command)
+            if command is not None:
+                self._dispatch(command)
         except ChatError as e:
             self._reply_error(e.code, e.message)
         except Exception:
@@ -215,6 +219,20 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             # keep the connection (and everybody else's).
             self.log.failure("internal error handling a line from {peer}", peer=self.peer)
             self._reply_error("internal", "the server failed to handle that line")
+
+    def _take(self):
+        """Spend a token for a line; False drops it. The first line dropped in
+        a row gets a rate-limited error, the rest of that stretch go silently
+        (a flood must not turn into a flood of errors)."""
+        if self.bucket.take():
+            self._limited = False
+            return True
+        if not self._limited:
+            self._limited = True
+            f = self.factory
+            self._reply_error("rate-limited", f"slow down: at most {f.rate:g} lines a second"
+                              f" (bursts of {f.burst}); lines are dropped until you do")
+        return False
 
     def _dispatch(self, command):
         hub, member, name = self.factory.hub, self.member, command.name
@@ -312,6 +330,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _reply_error(self, code, message):
         self.deliver(events.error(code, message))
+
+
+def _is_quit(line: bytes) -> bool:
+    """/quit is never rate-limited: leaving must always work."""
+    return line[:5].lower() == b"/quit" and line[5:6] in (b"", b" ")
 
 
 def _peer(transport):
