@@ -26,9 +26,11 @@ def has_line(fragment, tag=None):
 
 
 class WindowTestCase(SynchronousTestCase):
+    server_args = ()
+
     def setUp(self):
         self.display = display(self)
-        self.server = ChatServer().start()
+        self.server = ChatServer(*self.server_args).start()
         self.addCleanup(self.server.stop)
 
     def window(self, *args):
@@ -139,46 +141,78 @@ class ChatWindowTests(WindowTestCase):
         self.assertCleanExit(w)
 
 
-class ReconnectWindowTests(WindowTestCase):
-    def test_server_restart_restores_nick_room_and_queued_lines(self):
+class ScrollTests(WindowTestCase):
+    server_args = ("--rate", "0")  # bob pastes 60 lines at once
+    def test_log_follows_new_lines_unless_scrolled_up(self):
         w = self.window("--nick", "alice")
         w.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected")
-        w.say("/join dev")
-        w.wait_for(lambda s: s["room"] == "#dev" and s["members"] == ["alice"], "room dev")
+        bob = self.peer("bob")
+        bob.send(*[f"line {i}" for i in range(60)])
+        state = w.wait_for(has_line("<bob> line 59"), "60 lines")
+        self.assertTrue(state["at_bottom"])
+        # Scrolled up to read: new lines do not pull the view down.
+        self.assertFalse(w.call("scroll", fraction=0.0)["at_bottom"])
+        bob.send("while you were reading")
+        state = w.wait_for(has_line("while you were reading"), "a new line")
+        self.assertFalse(state["at_bottom"])
+        # Back at the bottom: it follows again.
+        self.assertTrue(w.call("scroll", fraction=1.0)["at_bottom"])
+        bob.send("and now you see me")
+        state = w.wait_for(has_line("and now you see me"), "another line")
+        self.assertTrue(state["at_bottom"])
+
+
+class ReconnectWindowTests(WindowTestCase):
+    def test_server_restart_both_windows_come_back(self):
+        alice = self.window("--nick", "alice")
+        alice.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected")
+        alice.say("/join dev")
+        alice.wait_for(lambda s: s["room"] == "#dev" and s["members"] == ["alice"], "room dev")
+        bob = self.window("--nick", "bob", "--room", "dev")
+        for w in (alice, bob):
+            w.wait_for(lambda s: s["room"] == "#dev" and s["members"] == ["alice", "bob"],
+                       "both in dev")
 
         port = self.server.port
         self.server.stop()
-        state = w.wait_for(lambda s: "reconnecting in" in s["status"], "reconnecting")
-        self.assertEqual(state["members"], [])
-        self.assertTrue(has_line("disconnected", "error")(state), state["lines"])
+        for w in (alice, bob):
+            state = w.wait_for(lambda s: "reconnecting in" in s["status"], "reconnecting")
+            self.assertEqual(state["members"], [])
+            self.assertTrue(has_line("disconnected", "error")(state), state["lines"])
 
         # Typed while disconnected: shown as queued, not lost.
-        w.say("typed while the server was down")
-        w.wait_for(has_line("typed while the server was down", "unsent"), "a queued line")
+        alice.say("typed while the server was down")
+        alice.wait_for(has_line("typed while the server was down", "unsent"), "a queued line")
 
         self.server = ChatServer(port=f"tcp:{port}:interface=127.0.0.1").start()
         self.addCleanup(self.server.stop)
         # Back with the same nick in the same room; the queued line went to the
         # server, which echoes it in the room (the own style).
-        state = w.wait_for(has_line("<alice> typed while the server was down", "own"),
-                           "the queued line sent after the reconnect", timeout=30)
-        state = w.wait_for(lambda s: s["status"] == "Connected as alice in dev",
-                           "connected in dev again")
-        self.assertEqual(state["room"], "#dev")
-        bob = self.peer("bob")
-        bob.send("/join dev")
-        names = bob.expect_event("names", room="dev")
-        self.assertEqual(sorted(names["nicks"]), ["alice", "bob"])
-        w.wait_for(lambda s: s["members"] == ["alice", "bob"], "bob in the member list")
-        bob.send("welcome back")
-        w.wait_for(has_line("<bob> welcome back", "other"), "bob's message after the restart")
-        w.say("still here")
-        self.assertEqual(bob.expect_event("message", nick="alice")["text"], "still here")
+        alice.wait_for(has_line("<alice> typed while the server was down", "own"),
+                       "the queued line sent after the reconnect", timeout=40)
+        for w, nick in ((alice, "alice"), (bob, "bob")):
+            state = w.wait_for(lambda s: s["status"] == f"Connected as {nick} in dev"
+                               and s["members"] == ["alice", "bob"],
+                               f"{nick} connected in dev again", timeout=40)
+            self.assertEqual(state["room"], "#dev")
+        carol = self.peer("carol")
+        carol.send("/join dev")
+        names = carol.expect_event("names", room="dev")
+        self.assertEqual(sorted(names["nicks"]), ["alice", "bob", "carol"])
+        # And they keep chatting, window to window.
+        bob.say("welcome back")
+        alice.wait_for(has_line("<bob> welcome back", "other"), "bob's line in alice's window")
+        alice.say("still here")
+        bob.wait_for(has_line("<alice> still here", "other"), "alice's line in bob's window")
+        self.assertEqual(carol.expect_event("message", nick="alice")["text"], "still here")
 
         # Ctrl+C in the terminal: the same clean stop as the close button.
-        w.proc.send_signal(signal.SIGINT)
-        self.assertCleanExit(w)
-        self.assertTrue(bob.expect_event("part", nick="alice")["reason"].startswith("quit"))
+        alice.proc.send_signal(signal.SIGINT)
+        self.assertCleanExit(alice)
+        self.assertTrue(carol.expect_event("part", nick="alice")["reason"].startswith("quit"))
+        bob.wait_for(lambda s: s["members"] == ["bob", "carol"], "alice gone from bob's list")
+        bob.call("close")
+        self.assertCleanExit(bob)
 
 
 class TLSWindowTests(SynchronousTestCase):

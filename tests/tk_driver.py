@@ -13,7 +13,8 @@ one JSON line on stdout carrying the same ``seq``:
 - ``key`` ``widget`` (entry | nick) ``key`` (e.g. ``Return``, ``Up``): a key
   event to that widget's bindings
 - ``nick`` ``text``: replace the nick field's text
-- ``focus`` ``focused`` (bool): the window gained or lost the focus
+- ``focus`` ``focused`` (bool): tell the model the window gained or lost the focus
+- ``scroll`` ``fraction``: scroll the chat log (0.0 is the top)
 - ``close``: the window manager's close button (WM_DELETE_WINDOW)
 - ``screenshot`` ``path``: a PNG of the window (ImageMagick's ``import``)
 
@@ -92,6 +93,10 @@ class Control(LineReceiver):
         elif op == "focus":
             view.model.set_focus(cmd["focused"])
             return {"title": root.title()}
+        elif op == "scroll":
+            view.log.yview_moveto(cmd["fraction"])
+            root.update_idletasks()
+            return {"at_bottom": view.log.yview()[1] >= 0.999}
         elif op == "close":
             root.tk.call(root.protocol("WM_DELETE_WINDOW"))
         elif op == "screenshot":
