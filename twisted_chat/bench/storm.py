@@ -9,8 +9,10 @@ from 127.0.0.1). ``--clients`` connections are opened at once, spread over
 ``--workers`` processes (each raises its own open-file limit); each sends
 ``/join`` the moment it connects and counts as registered when the server
 answers with the room's names. Rooms hold ``--room-size`` clients each.
-Reports how many were accepted (welcome), registered (names), refused, and
-how long the storm took, plus the server's peak RSS.
+The server starts with an open-file soft limit of 1024 (``--server-soft-limit``)
+and must raise it itself. Reports how many were accepted (welcome), registered
+(names), refused, and how long the storm took, plus the server's peak RSS and
+its open-file limits.
 """
 
 import argparse
@@ -24,11 +26,18 @@ from .servers import OurServer, twistd_command
 
 
 class StormServer(OurServer):
-    """``twistd chat`` with no ``backlog=`` in its endpoint: --listen-backlog applies."""
+    """``twistd chat`` with no ``backlog=`` in its endpoint (--listen-backlog
+    applies), started with a low open-file soft limit (as a login shell would
+    give it) so that the server's own raise at start is what lets it cope."""
+
+    soft_limit = 1024
 
     def command(self):
-        return twistd_command() + ["-n", "--pidfile=", "chat",
-                                   "--port", "tcp:0:interface=127.0.0.1"] + self.extra_args
+        cmd = twistd_command() + ["-n", "--pidfile=", "chat",
+                                  "--port", "tcp:0:interface=127.0.0.1"] + self.extra_args
+        if not self.soft_limit:
+            return cmd
+        return ["sh", "-c", f'ulimit -Sn {int(self.soft_limit)} && exec "$@"', "twistd"] + cmd
 
     def _read(self):
         # As ServerProcess._read, also counting the log lines that matter here.
@@ -113,7 +122,7 @@ def _worker(port, first, count, room_size, timeout, go, result):
             if st["names"]:
                 st["buf"] = b""
     result.put((accepted, registered, refused, failed, pending, last - started, limit))
-    time.sleep(2.0)  # hold the connections a moment, then leave
+    time.sleep(0.5)  # hold the connections a moment, then leave
     for s in state:
         s.close()
 
@@ -126,10 +135,14 @@ def main(argv=None):
     ap.add_argument("--room-size", type=int, default=100,
                     help="clients per room (0: everybody in the default room)")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--server-soft-limit", type=int, default=1024,
+                    help="open-file soft limit the server starts with (0: the hard limit)")
     ap.add_argument("server_args", nargs="*", help="extra twistd chat options (after --)")
     args = ap.parse_args(argv)
 
-    server = StormServer(["--max-per-ip", "0"] + args.server_args).start()
+    server = StormServer(["--max-per-ip", "0"] + args.server_args)
+    server.soft_limit = args.server_soft_limit
+    server.start()
     try:
         time.sleep(0.5)
         rss_before = server.status("VmRSS")
