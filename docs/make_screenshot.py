@@ -65,7 +65,8 @@ def main(argv):
         wait_line(window, "sure, after lunch")
         dave = peer("dave")
         dave.send("/nick dave_away")
-        carol.send("the new client reconnects by itself when the server restarts")
+        carol.send("the new client reconnects by itself when the server restarts, and "
+                   "whatever you type meanwhile is queued and sent once it is back")
         wait_line(window, "reconnects by itself")
         window.say("/me waves at carol")
         wait_line(window, "waves at carol")

@@ -162,10 +162,10 @@ class ModelTests(ModelTestCase):
         self.assertEqual(md.lines[-1].kind, m.ERROR)
         md.retrying(4.2)
         self.assertEqual(md.status_text(),
-                         "Connection was closed cleanly. — reconnecting in 4 s")
+                         "Connection was closed cleanly — reconnecting in 4 s")
         self.now += 3
         self.assertEqual(md.status_text(),
-                         "Connection was closed cleanly. — reconnecting in 1 s")
+                         "Connection was closed cleanly — reconnecting in 1 s")
         md.connecting()
         self.assertEqual(md.status_text(), "Connecting…")
         md.connection_failed("Connection refused")
@@ -403,3 +403,40 @@ class LoginTests(SessionTestCase):
             b'{"type":"nick","old":"guest1","new":"alice","ts":"t"}\n'
             b'{"type":"nick","old":"alice","new":"guest9","ts":"t"}\n')
         self.assertEqual((self.model.nick, self.model.wanted_nick), ("guest9", "alice"))
+
+
+class CommandLineTests(SynchronousTestCase):
+    """``python -m twisted_chat.client``: options and failures that need no window."""
+
+    def run_client(self, *args, env=None):
+        import subprocess
+        import sys
+
+        return subprocess.run([sys.executable, "-m", "twisted_chat.client"] + list(args),
+                              capture_output=True, text=True, timeout=60, env=env,
+                              stdin=subprocess.DEVNULL)
+
+    def test_help_lists_the_options(self):
+        result = self.run_client("--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for option in ("--host", "--port", "--connect", "--nick", "--room"):
+            self.assertIn(option, result.stdout)
+
+    def test_bad_options_are_refused_clearly(self):
+        for args, message in ((["--nick", "1abc"], "a nick starts with a letter"),
+                              (["--port", "70000"], "--port must be 1-65535"),
+                              (["--room", "no spaces"], "room"),
+                              (["--connect", "bogus:thing"], "bad --connect")):
+            result = self.run_client(*args)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn(message, result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+
+    def test_no_display_is_a_clear_error(self):
+        import os
+
+        env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+        result = self.run_client("--nick", "alice", env=env)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("cannot open a window", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)

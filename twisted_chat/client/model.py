@@ -138,7 +138,7 @@ class ConversationModel:
             return f"Connected as {self.nick}{where}"
         if self.state == WAITING:
             left = max(0, round((self.retry_at or 0) - self.clock()))
-            why = f"{self.error} — " if self.error else ""
+            why = f"{self.error.rstrip('.')} — " if self.error else ""
             return f"{why}reconnecting in {left} s"
         if self.state == STOPPED:
             return "Disconnected"

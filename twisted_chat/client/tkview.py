@@ -138,6 +138,9 @@ class ChatView:
         log.tag_configure(m.ERROR, foreground="#c62828", font=f["bold"])
         log.tag_configure(m.UNSENT, foreground="#b26a00", font=f["italic"])
         log.tag_configure("history", foreground="#9a9a9a")
+        # Wrapped lines hang under the text, clear of the timestamp.
+        log.tag_configure("body", lmargin2=f["small"].measure("[00:00] ") + 4)
+        log.tag_lower("body")
 
     # -- model changes -------------------------------------------------------
 
@@ -161,7 +164,7 @@ class ChatView:
         follow = self._at_bottom()
         log = self.log
         log.configure(state="normal")
-        extra = ("history",) if line.history else ()
+        extra = ("body", "history") if line.history else ("body",)
         if log.index("end-1c") != "1.0":
             log.insert("end", "\n")
         log.insert("end", f"[{line.stamp}] ", ("stamp",) + extra)
