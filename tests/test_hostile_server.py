@@ -2,14 +2,19 @@
 slow readers, floods, bad input, connection limits, idle peers, shutdown."""
 
 import json
+import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import tempfile
 import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .support import ChatServer
+from .certs import self_signed
+from .support import ChatServer, LineClient
 from .test_server import ServerTestCase
 
 
@@ -235,3 +240,51 @@ class ShutdownTests(SynchronousTestCase):
         server.proc.wait(10)
         self.assertLess(time.monotonic() - started, 5)
         server.wait_for_log("aborting 1 connections still open after 1 s")
+
+
+class TLSSlowReaderTests(SynchronousTestCase):
+    """The output path through a TLS transport: same bound, same bye."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="chat-tls-limits-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        _, self.cert = self_signed(self.dir, "localhost")
+        self.server = ChatServer(
+            "--port", "ssl:0:interface=127.0.0.1:privateKey=server.key:certKey=server.pem",
+            "--max-backlog", "65536", "--rate", "0", directory=self.dir).start()
+        self.addCleanup(self.server.stop)
+        self.tls_port = self.server.listener("ssl:")
+        self.assertTrue(os.path.exists(self.cert))
+
+    def test_stalled_tls_reader_is_cut_off_and_shutdown_reaches_tls_clients(self):
+        context = ssl.create_default_context(cafile=self.cert)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        raw.connect(("127.0.0.1", self.tls_port))
+        slow = context.wrap_socket(raw, server_hostname="localhost")
+        self.addCleanup(slow.close)
+        slow.sendall(b"/nick slow\r\n")
+        alice = self.server.client()
+        self.addCleanup(alice.close)
+        alice.json_mode("alice")
+        bob = LineClient(self.tls_port, tls=context, server_hostname="localhost")
+        self.addCleanup(bob.close)
+        bob.json_mode("bob")
+        for _ in range(100):  # the TLS handshake and /nick may finish after alice's
+            alice.send("/who")
+            if "slow" in alice.expect_event("names")["nicks"]:
+                break
+            time.sleep(0.05)
+        else:
+            self.fail("the stalled TLS client never registered")
+        sent = 0
+        while not self.server.grep("slow consumer") and sent < 4000:
+            alice.send(f"m{sent} " + "x" * 2000)
+            bob.expect_event("message", text=f"m{sent} " + "x" * 2000, timeout=5)
+            sent += 1
+        self.server.wait_for_log(r"slow consumer 127\.0\.0\.1:\d+ slow: over 65536 bytes")
+        bob.send("/who")
+        bob.expect_event("names", nicks=["alice", "bob"])
+        self.server.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(bob.expect_event("bye")["reason"], "server shutting down")
+        self.assertTrue(bob.closed())
