@@ -145,6 +145,24 @@ class ModelTests(ModelTestCase):
         self.assertTrue(md.lines[-1].history)
         self.assertEqual(md.lines[-1].render(), "[04:30] <bob> old news")
 
+    def test_replayed_history_is_not_shown_twice(self):
+        self.login()
+        md = self.model
+        md.handle(ev("message", id=7, ts="2026-11-24T04:30:00.000Z", room="lobby",
+                     nick="bob", text="live"))
+        before = len(md.lines)
+        # After a reconnect the server replays recent history: 7 is known, 6 is not.
+        md.handle(ev("message", id=6, ts="2026-11-24T04:29:00.000Z", room="lobby",
+                     nick="bob", text="older", history=True))
+        md.handle(ev("message", id=7, ts="2026-11-24T04:30:00.000Z", room="lobby",
+                     nick="bob", text="live", history=True))
+        self.assertEqual([line.text for line in md.lines[before:]], ["older"])
+        # A live message is never skipped, even with a reused id (a restarted
+        # server without storage counts from 1 again).
+        md.handle(ev("message", id=7, ts="2026-11-24T04:31:00.000Z", room="lobby",
+                     nick="bob", text="new server"))
+        self.assertEqual(md.lines[-1].text, "new server")
+
     def test_presence_batches_update_members(self):
         self.login(others=("bob", "carol"))
         md = self.model

@@ -117,6 +117,7 @@ class ConversationModel:
         self.focused = True
         self.unread = 0
         self._subscribers = []
+        self._shown_ids = set()  # ids of messages shown, to skip replayed duplicates
 
     # -- subscriptions -------------------------------------------------------
 
@@ -320,7 +321,21 @@ class ConversationModel:
         listing = ", ".join(f"{_str(r.get('name'))} ({r.get('members', '?')})" for r in rooms)
         self.system(f"rooms: {listing or '(none)'}")
 
+    def _replayed(self, ev) -> bool:
+        """True for a history replay of a message already shown (say, after a reconnect)."""
+        msg_id = ev.get("id")
+        if not isinstance(msg_id, int):
+            return False
+        if ev.get("history") and msg_id in self._shown_ids:
+            return True
+        self._shown_ids.add(msg_id)
+        if len(self._shown_ids) > 4 * self.max_lines:
+            self._shown_ids = {line.id for line in self.lines if line.id is not None}
+        return False
+
     def _on_message(self, ev):
+        if self._replayed(ev):
+            return
         nick, text, ts = _str(ev.get("nick")), _str(ev.get("text")), ev.get("ts")
         history = bool(ev.get("history"))
         mine = self.is_me(nick)
@@ -332,6 +347,8 @@ class ConversationModel:
             self._count_unread(ev)
 
     def _on_private(self, ev):
+        if self._replayed(ev):
+            return
         sender, to, text = _str(ev.get("from")), _str(ev.get("to")), _str(ev.get("text"))
         history = bool(ev.get("history"))
         if self.is_me(sender) and not self.is_me(to):
