@@ -6,15 +6,18 @@ subprocess on an X display (``$DISPLAY``, or a private Xvfb) and a real
 socket client receives, and what the window's widgets show.
 """
 
+import os
 import shutil
 import signal
+import subprocess
 import tempfile
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from .certs import self_signed
 from .support import ChatServer
-from .window_support import WindowClient, display
+from .window_support import WindowClient, Xvfb, display, tkinter_missing
 
 
 def has_line(fragment, tag=None):
@@ -239,3 +242,70 @@ class TLSWindowTests(SynchronousTestCase):
         self.assertEqual(bob.expect_event("message", nick="alice")["text"], "sealed")
         w.call("close")
         self.assertEqual(w.wait_exit(), 0, w.errors())
+
+
+class WindowManagerTests(SynchronousTestCase):
+    """Under a real window manager (openbox, on a private Xvfb): the X focus drives
+    the unread count in the title, and the title bar's close button closes cleanly."""
+
+    def setUp(self):
+        why = tkinter_missing()
+        if why:
+            self.skipTest(why)
+        missing = [b for b in ("Xvfb", "openbox", "wmctrl") if shutil.which(b) is None]
+        if missing:
+            self.skipTest(f"needs {', '.join(missing)} "
+                          "(Debian: apt-get install xvfb openbox wmctrl)")
+        xvfb = Xvfb()
+        self.display = xvfb.start()
+        self.addCleanup(xvfb.stop)
+        self.env = dict(os.environ, DISPLAY=self.display)
+        wm = subprocess.Popen(["openbox"], env=self.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(_end, wm)
+        deadline = time.monotonic() + 20
+        while self.wmctrl("-m").returncode != 0:  # until the WM answers
+            if time.monotonic() > deadline:
+                self.fail("openbox did not start")
+            time.sleep(0.1)
+        self.server = ChatServer().start()
+        self.addCleanup(self.server.stop)
+
+    def wmctrl(self, *args):
+        return subprocess.run(["wmctrl"] + list(args), env=self.env, capture_output=True,
+                              timeout=20)
+
+    def window(self, nick):
+        w = WindowClient(self.display, "--port", str(self.server.port), "--nick", nick)
+        self.addCleanup(w.close)
+        w.wait_for(lambda s: s["status"] == f"Connected as {nick} in lobby", f"{nick} in")
+        return w
+
+    def test_focus_unread_count_and_close_button(self):
+        alice, bob = self.window("alice"), self.window("bob")
+        alice.wait_for(lambda s: s["members"] == ["alice", "bob"], "bob in alice's list")
+        self.assertEqual(self.wmctrl("-a", "— bob —").returncode, 0)  # alice loses the focus
+        alice.wait_for(lambda s: not s["focused"], "alice's window to lose the focus")
+        bob.say("one")
+        bob.say("two")
+        state = alice.wait_for(lambda s: s["title"].startswith("(2) "), "2 unread in the title")
+        self.assertEqual(state["title"], "(2) #lobby — alice — twisted-chat")
+        self.assertEqual(bob.dump()["title"], "#lobby — bob — twisted-chat")
+        self.assertEqual(self.wmctrl("-a", "— alice —").returncode, 0)
+        state = alice.wait_for(lambda s: s["title"] == "#lobby — alice — twisted-chat",
+                               "the count cleared once alice's window has the focus")
+        self.assertTrue(state["focused"])
+        # The window manager's close button (WM_DELETE_WINDOW).
+        self.assertEqual(self.wmctrl("-c", "— bob —").returncode, 0)
+        self.assertEqual(bob.wait_exit(), 0, bob.errors())
+        self.assertNotIn("Traceback", bob.errors())
+        alice.wait_for(has_line("bob left lobby (quit", "system"), "bob's goodbye")
+
+
+def _end(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

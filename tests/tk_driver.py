@@ -56,6 +56,7 @@ def widget_state(app):
         "entry": view.entry.get(),
         "nick_field": view.nick_var.get(),
         "at_bottom": log.yview()[1] >= 0.999,
+        "focused": app.model.focused,
     }
 
 
