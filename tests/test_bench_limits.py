@@ -21,7 +21,7 @@ class EvidenceScriptTests(SynchronousTestCase):
 
     def test_memory_small_cuts_the_stalled_client_off(self):
         lines = []
-        result = memory.memory_run(65536, 3000, 1000, lines.append)
+        result = memory.memory_run(65536, 6000, 1000, lines.append)
         self.assertTrue(result["cut_off"], lines)
         self.assertIn("cut off", lines[0])
 

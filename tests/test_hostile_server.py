@@ -161,22 +161,22 @@ class ConnectionLimitTests(ServerTestCase):
 
 
 class IdleTests(ServerTestCase):
-    server_args = ("--idle-timeout", "1")
+    server_args = ("--idle-timeout", "2")
 
     def test_idle_client_is_dropped_active_one_stays(self):
         idle, busy = self.client("idle"), self.client("busy")
-        deadline = time.monotonic() + 2.5
+        deadline = time.monotonic() + 3.5
         while time.monotonic() < deadline:
             busy.send("/ping")
             busy.expect_event("pong")
-            time.sleep(0.3)
+            time.sleep(0.2)
         idle.expect_event("bye", reason="idle timeout")
         self.assertTrue(idle.closed())
         busy.send("/ping")
         busy.expect_event("pong")
         parts = [json.loads(line) for line in busy.seen if '"type":"part"' in line]
         self.assertEqual([(p["nick"], p["reason"]) for p in parts], [("idle", "disconnected")])
-        self.server.wait_for_log(r"disconnect 127\.0\.0\.1:\d+ idle: idle for 1 s")
+        self.server.wait_for_log(r"disconnect 127\.0\.0\.1:\d+ idle: idle for 2 s")
 
     def test_keepalive_is_on(self):
         try:
@@ -238,7 +238,7 @@ class ShutdownTests(SynchronousTestCase):
         server.proc.send_signal(signal.SIGTERM)
         alice.expect_event("bye")
         server.proc.wait(10)
-        self.assertLess(time.monotonic() - started, 5)
+        self.assertLess(time.monotonic() - started, 9)  # 1 s + slack for a busy machine
         server.wait_for_log("aborting 1 connections still open after 1 s")
 
 
