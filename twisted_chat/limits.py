@@ -12,6 +12,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import directwrite
+
 log = Logger()
 
 # Defaults, chosen for a LAN server that nobody tunes (docs/operations.rst).
@@ -87,13 +89,15 @@ class BoundedOutput:
         self.closed = False
         self.backlog = collections.deque()
         self.backlog_bytes = 0
+        # Straight into an idle plain-TCP socket (see twisted_chat.directwrite).
+        self._write = directwrite.writer(transport)
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:
         if self.closed:
             return
         if not self.paused:
-            self.transport.write(data)
+            self._write(data)
             return
         self.backlog.append(data)
         self.backlog_bytes += len(data)

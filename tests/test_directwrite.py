@@ -1,0 +1,107 @@
+"""Direct writes to idle plain-TCP sockets, with the transport as fallback.
+
+A real ``tcp.Server`` transport over a real loopback connection, driven by a
+MemoryReactor (no reactor runs): what the socket receives and what the
+transport keeps queued are both observable.
+"""
+
+import socket
+
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat import directwrite
+
+
+class _Port:
+    def __init__(self):
+        self._realPortNumber = 0
+
+    def _buildAddr(self, addr):
+        from twisted.internet.address import IPv4Address
+        return IPv4Address("TCP", *addr)
+
+
+class _TLSLayer(Protocol):
+    """Stands in for the TLS layer a transport writes through once TLS is on."""
+
+    def __init__(self):
+        self.written = []
+
+    def write(self, data):
+        self.written.append(data)
+
+
+class DirectWriteTests(SynchronousTestCase):
+    def setUp(self):
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        self.peer = socket.create_connection(listener.getsockname())
+        self.addCleanup(self.peer.close)
+        sock, addr = listener.accept()
+        sock.setblocking(False)
+        self.reactor = MemoryReactor()
+        self.protocol = _TLSLayer()
+        self.transport = tcp.Server(sock, self.protocol, addr, _Port(), 1, self.reactor)
+        self.addCleanup(self.transport.connectionLost, Failure(ConnectionDone()))
+        self.addCleanup(sock.close)
+        self.write = directwrite.writer(self.transport)
+
+    def received(self, expected):
+        self.peer.settimeout(5)
+        data = b""
+        while len(data) < expected:
+            chunk = self.peer.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def test_idle_socket_gets_bytes_at_once(self):
+        self.write(b"hello\r\n")
+        self.assertEqual(self.transport._tempDataLen, 0)
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+        self.assertEqual(self.received(7), b"hello\r\n")
+
+    def test_queued_bytes_are_never_overtaken(self):
+        self.transport.write(b"first ")  # queued by Twisted, not sent yet
+        self.write(b"second")
+        self.assertEqual(self.transport._tempDataBuffer, [b"first ", b"second"])
+        self.transport.doWrite()
+        self.assertEqual(self.received(12), b"first second")
+
+    def test_what_the_kernel_does_not_take_is_queued(self):
+        big = bytes(range(256)) * 40000  # ~10 MB: more than the socket takes
+        self.write(big)
+        queued = self.transport._tempDataLen
+        self.assertGreater(queued, 0)
+        self.assertLess(queued, len(big))
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.write(b"tail")  # behind the queued rest
+        self.assertEqual(self.transport._tempDataBuffer[-1], b"tail")
+        got = b""
+        self.peer.settimeout(5)
+        while len(got) < len(big) + 4:
+            if self.transport._tempDataLen or self.transport.dataBuffer:
+                self.transport.doWrite()
+            try:
+                got += self.peer.recv(1 << 20)
+            except socket.timeout:
+                break
+        self.assertEqual(got, big + b"tail")
+
+    def test_closing_transport_uses_its_own_path(self):
+        self.transport.disconnecting = True
+        self.write(b"late")
+        self.assertEqual(self.transport._tempDataBuffer, [b"late"])
+
+    def test_tls_and_other_transports_are_left_alone(self):
+        self.transport.TLS = True
+        self.write(b"secret")
+        self.assertEqual(self.protocol.written, [b"secret"])
+        other = StringTransport()
+        self.assertEqual(directwrite.writer(other), other.write)
