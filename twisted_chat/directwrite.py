@@ -22,26 +22,26 @@ from twisted.internet import tcp
 
 
 def writer(transport):
-    """A ``write(data)`` for ``transport``: direct when idle, else ``transport.write``."""
-    write = transport.write
+    """A ``write(data)`` for ``transport``, direct when idle; None if the
+    transport is not plain TCP (then use ``transport.write``)."""
     if type(transport) is not tcp.Server:
-        return write
+        return None
     send = transport.socket.send
 
     def direct(data):
         t = transport
         if (t._tempDataLen or t.dataBuffer or t.disconnecting or not t.connected
                 or t._writeDisconnected or t.TLS):
-            write(data)
+            t.write(data)
             return
         try:
             sent = send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            write(data)  # let the transport meet the error its own way
+            t.write(data)  # let the transport meet the error its own way
             return
         if sent < len(data):
-            write(data[sent:] if sent else data)
+            t.write(data[sent:] if sent else data)
 
     return direct

@@ -90,14 +90,17 @@ class BoundedOutput:
         self.backlog = collections.deque()
         self.backlog_bytes = 0
         # Straight into an idle plain-TCP socket (see twisted_chat.directwrite).
-        self._write = directwrite.writer(transport)
+        self._direct = directwrite.writer(transport)
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:
         if self.closed:
             return
         if not self.paused:
-            self._write(data)
+            if self._direct is not None:
+                self._direct(data)
+            else:
+                self.transport.write(data)
             return
         self.backlog.append(data)
         self.backlog_bytes += len(data)
