@@ -13,6 +13,7 @@ import getpass
 import sys
 
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from ..commands import valid_nick, valid_room
@@ -84,24 +85,31 @@ class ClientApp:
         self.view = ChatView(root, self.model, self.session.submit)
         self.service = connect(endpoint, self.session, clock=reactor)
         self._stopping = None
+        self._reason = None
         root.protocol("WM_DELETE_WINDOW", self.quit)
         root.title(self.model.title())
         reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
 
     def quit(self, reason: str = "") -> None:
         """The window was closed (or /quit typed): stop the reactor."""
-        self._reason = reason
-        if self.reactor.running:
+        if self._reason is None:
+            self._reason = reason or "closed the window"
+        try:
             self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already on its way out (a second click on the close button)
 
     def _shutdown(self):
+        # Every way out comes here: the close button, /quit, Ctrl+C, SIGTERM.
         if self._stopping is None:
-            self.session.quit(getattr(self, "_reason", "") or "closed the window")
+            self.session.quit(self._reason or "client stopped")
             self._stopping = self.service.stopService()
             self._stopping.addBoth(lambda _: self.session.stopped())
         return self._stopping
 
     def run(self) -> int:
+        import tkinter
+
         from twisted.internet import tksupport
 
         self.service.startService()
@@ -109,9 +117,12 @@ class ClientApp:
         try:
             self.reactor.run()
         finally:
-            tksupport.uninstall()
-            self.view.close()
-            self.root.destroy()
+            tksupport.uninstall()  # before destroy(): no more update() calls
+            try:
+                self.view.close()
+                self.root.destroy()
+            except tkinter.TclError:
+                pass  # the window is gone already
         return 0
 
 

@@ -207,7 +207,11 @@ class ChatView:
         self.room_label.configure(text=f"#{room}" if room else "(no room)")
 
     def _render_nick(self):
-        if self.root.focus_get() is not self.nick_entry:
+        try:
+            editing = self.root.focus_get() is self.nick_entry
+        except (KeyError, tk.TclError):
+            editing = False
+        if not editing:
             self.nick_var.set(self.model.nick or "")
 
     def _render_status(self):
