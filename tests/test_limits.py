@@ -1,6 +1,8 @@
 """Unit tests of the limits (token bucket, bounded output, connection counts)
 and of the protocol's output path, driven by StringTransport and a fake clock."""
 
+import json
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -324,3 +326,108 @@ class SocketOptionTests(SynchronousTestCase):
         self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         if hasattr(socket, "TCP_KEEPIDLE"):
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 60)
+
+
+class BadInputEdgeTests(SynchronousTestCase):
+    """Edges of the core's line handling that the limits rely on."""
+
+    def setUp(self):
+        self.h = Harness(max_line=64, rate=0)
+        self.alice, self.alice_t = self.h.connect(nick="alice")
+        self.bob, self.bob_t = self.h.connect(nick="bob")
+
+    def feed(self, *chunks):
+        for chunk in chunks:
+            self.alice.dataReceived(chunk)
+        self.h.turn()
+
+    def said(self):
+        return [json.loads(line)["text"] for line in lines(self.bob_t)
+                if '"type":"message"' in line]
+
+    def errors(self):
+        return [json.loads(line)["code"] for line in lines(self.alice_t)
+                if '"type":"error"' in line]
+
+    def test_two_long_lines_in_a_row_byte_by_byte(self):
+        data = b"a" * 100 + b"\r\n" + b"b" * 100 + b"\nok\r\n"
+        self.feed(*[data[i:i + 1] for i in range(len(data))])
+        self.assertEqual(self.said(), ["ok"])
+        self.assertEqual(self.errors(), ["line-too-long", "line-too-long"])
+
+    def test_limit_is_exact_for_lf_and_crlf(self):
+        self.feed(b"c" * 64 + b"\n", b"d" * 64 + b"\r\n", b"e" * 65 + b"\n", b"f" * 65 + b"\r\n")
+        self.assertEqual(self.said(), ["c" * 64, "d" * 64])
+        self.assertEqual(self.errors(), ["line-too-long", "line-too-long"])
+
+    def test_huge_unterminated_input_is_not_buffered(self):
+        for _ in range(200):
+            self.alice.dataReceived(b"z" * 65536)
+        self.assertLess(len(self.alice._buffer), 1024)
+        self.feed(b" end of the monster\nnext\n")
+        self.assertEqual(self.said(), ["next"])
+        self.assertEqual(self.errors(), ["line-too-long"])
+
+    def test_bare_cr_inside_a_line_is_stripped(self):
+        self.feed(b"one\rtwo\r\n")
+        self.assertEqual(self.said(), ["onetwo"])
+
+    def test_half_line_and_long_tail_at_disconnect(self):
+        self.feed(b"x" * 100)  # inside a long line
+        self.h.lose(self.alice)
+        self.assertEqual(self.said(), [])
+        self.assertIn(b'"reason":"disconnected"', self.bob_t.value())
+        carol, _ = self.h.connect(nick="carol")
+        carol.dataReceived(b"half a li")
+        self.h.lose(carol)
+        self.assertEqual(self.said(), [])
+        self.assertEqual(sorted(self.h.hub.members), ["bob"])
+
+
+class LimitOptionsTests(SynchronousTestCase):
+    def parse(self, *args):
+        from twisted_chat.tap import Options
+
+        options = Options()
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", *args])
+        return options
+
+    def test_defaults_are_the_documented_ones(self):
+        o = self.parse()
+        self.assertEqual((o["max-backlog"], o["rate"], o["burst"], o["max-clients"],
+                          o["max-per-ip"], o["idle-timeout"], o["listen-backlog"],
+                          o["shutdown-timeout"]),
+                         (262144, 5.0, 20, 10000, 100, 0.0, 10000, 5.0))
+
+    def test_bad_limits_are_usage_errors(self):
+        from twisted.python.usage import UsageError
+
+        for args in (["--max-backlog", "-1"], ["--rate", "-2"], ["--burst", "0"],
+                     ["--max-clients", "-5"], ["--max-per-ip", "many"],
+                     ["--idle-timeout", "-1"], ["--listen-backlog", "0"],
+                     ["--shutdown-timeout", "-3"]):
+            self.assertRaises(UsageError, self.parse, *args)
+
+    def test_listen_backlog_goes_into_endpoints_without_one(self):
+        from twisted_chat.tap import with_backlog
+
+        self.assertEqual(with_backlog("tcp:5000", 77), "tcp:5000:backlog=77")
+        self.assertEqual(with_backlog("tcp:5000:interface=127.0.0.1", 77),
+                         "tcp:5000:interface=127.0.0.1:backlog=77")
+        self.assertEqual(with_backlog("unix:/tmp/c.sock", 77), "unix:/tmp/c.sock:backlog=77")
+        self.assertEqual(with_backlog("ssl:5001:privateKey=k.pem", 77),
+                         "ssl:5001:privateKey=k.pem:backlog=77")
+        self.assertEqual(with_backlog("tcp:5000:backlog=5", 77), "tcp:5000:backlog=5")
+        o = self.parse("--listen-backlog", "321")
+        self.assertEqual(o["endpoints"][0]._backlog, 321)
+
+    def test_service_passes_limits_to_the_factory(self):
+        from twisted_chat.tap import makeService
+
+        service = makeService(self.parse("--max-backlog", "1234", "--rate", "7", "--burst", "9",
+                                         "--max-clients", "11", "--max-per-ip", "3",
+                                         "--idle-timeout", "30", "--shutdown-timeout", "2"))
+        f = service.factory
+        self.assertEqual((f.max_backlog, f.rate, f.burst, f.limits.max_clients,
+                          f.limits.max_per_ip, f.idle_timeout, service.shutdown_timeout),
+                         (1234, 7, 9, 11, 3, 30, 2))
