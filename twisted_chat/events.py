@@ -33,6 +33,15 @@ def _part_text(f) -> str:
     return f"[{_clock(f['_t'])}] -- {f['nick']} left {f['room']} ({f['reason']})"
 
 
+def _presence_text(f) -> str:
+    parts = []
+    if f["joined"]:
+        parts.append(f"{len(f['joined'])} joined ({', '.join(f['joined'])})")
+    if f["left"]:
+        parts.append(f"{len(f['left'])} left ({', '.join(f['left'])})")
+    return f"[{_clock(f['_t'])}] -- {f['room']}: {'; '.join(parts) or 'no change'}"
+
+
 def _message_text(f) -> str:
     if f.get("action"):
         return f"[{_clock(f['_t'])}] * {f['nick']} {f['text']}"
@@ -52,6 +61,7 @@ _TEXT = {
     "join": lambda f: f"[{_clock(f['_t'])}] -- {f['nick']} joined {f['room']}",
     "part": _part_text,
     "nick": lambda f: f"[{_clock(f['_t'])}] -- {f['old']} is now known as {f['new']}",
+    "presence": _presence_text,
     "names": lambda f: f"-- in {f['room']}: {_names(f['nicks'])}",
     "rooms": lambda f: "-- rooms: "
     + (", ".join(f"{r['name']} ({r['members']})" for r in f["rooms"]) or "(none)"),

@@ -9,7 +9,7 @@ Client mistakes raise :class:`~twisted_chat.errors.ChatError`.
 import time
 from typing import Callable, Dict, Optional
 
-from . import __version__, fanout
+from . import __version__, fanout, presence
 from .commands import fold, valid_nick, valid_room
 from .errors import ChatError
 from .events import Event
@@ -50,13 +50,14 @@ class Member:
 
 
 class Room:
-    __slots__ = ("name", "key", "members", "hub", "batch")
+    __slots__ = ("name", "key", "members", "hub", "batch", "presence")
 
     def __init__(self, name: str, hub=None):
         self.name = name
         self.key = fold(name)
         self.hub = hub  # its ``schedule`` says when the turn's batch flushes
         self.batch = None  # this turn's events (twisted_chat.fanout.Batch)
+        self.presence = None  # joins/parts not announced yet (twisted_chat.presence)
         # A dict used as an ordered set: O(1) removal, join order kept.
         self.members: Dict[Member, None] = {}
 
@@ -114,6 +115,11 @@ class Hub:
         # schedule(room): flush room's batch at the end of this turn (the
         # protocol factory sets it); None delivers at once.
         self.schedule: Optional[Callable[[Room], None]] = None
+        # Big rooms announce joins/parts in batches (twisted_chat.presence);
+        # call_later(seconds, f, *args) is the protocol factory's clock.
+        self.presence_threshold = presence.DEFAULT_THRESHOLD
+        self.presence_interval = presence.DEFAULT_INTERVAL
+        self.call_later = None
         self._room(self.default_room)
 
     # -- connections ---------------------------------------------------------
@@ -191,6 +197,7 @@ class Hub:
         self.members[key] = member
         event = Event.timed("nick", self.clock(), old=old, new=nick)
         if member.room is not None:
+            presence.before(self, member.room, old)
             member.room.broadcast(event)
         else:
             member.deliver(event)
@@ -203,10 +210,16 @@ class Hub:
             return
         if member.room is not None:
             self._leave(member, "left")
+        batched = presence.batched(self, room)
         fanout.entering(room, member)
         room.members[member] = None
         member.room = room
-        room.broadcast(Event.timed("join", self.clock(), room=room.name, nick=member.nick))
+        event = Event.timed("join", self.clock(), room=room.name, nick=member.nick)
+        if batched:
+            member.deliver(event)  # its own join now; the room's in a presence batch
+            presence.joined(self, room, member.nick)
+        else:
+            room.broadcast(event)
         member.deliver(Event("names", {"room": room.name, "nicks": room.nicks()}))
 
     def say(self, member: Member, text: str, action: bool = False) -> None:
@@ -220,6 +233,7 @@ class Hub:
             if action:
                 fields["action"] = True
             event = Event.timed("message", t, **fields)
+            presence.before(self, room, nick)
             room.broadcast(event, sender=member)
 
         self.history.append(record, accepted)
@@ -282,7 +296,11 @@ class Hub:
         room = member.room
         event = Event.timed("part", self.clock(), room=room.name, nick=member.nick,
                             ts=None, reason=reason)
-        room.broadcast(event)  # the leaver included
+        if presence.batched(self, room):
+            member.deliver(event)  # the leaver's own part; the room's in a batch
+            presence.left(self, room, member.nick)
+        else:
+            room.broadcast(event)  # the leaver included
         fanout.catch_up(member)  # what it is owed, up to its own part
         del room.members[member]
         member.room = None

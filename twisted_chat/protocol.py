@@ -394,6 +394,7 @@ class ChatFactory(Factory):
         self._flush_call = None
         self._closed_all = None  # Deferred of a shutdown in progress
         hub.schedule = self.dirty_room
+        hub.call_later = clock.callLater  # presence batching's interval timer
 
     def dirty(self, proto):
         self._dirty.append(proto)

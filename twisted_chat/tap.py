@@ -10,7 +10,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import limits
+from . import limits, presence
 from .auth import Accounts
 from .commands import valid_room
 from .errors import ChatError
@@ -77,6 +77,12 @@ class Options(AuthOptionMixin, usage.Options):
         ["guests", None, None,
          "yes|no: may connections that have not logged in chat? "
          "Default: yes without --auth, no with it."],
+        # Big rooms (docs/protocol.rst, "presence"; docs/performance.rst).
+        ["presence-threshold", None, presence.DEFAULT_THRESHOLD,
+         "Rooms of at least this many members announce joins and parts in one "
+         "presence event per --presence-interval (0: never batch).", int],
+        ["presence-interval", None, presence.DEFAULT_INTERVAL,
+         "Seconds between presence events of a big room.", float],
     ]
 
     def __init__(self):
@@ -101,6 +107,10 @@ class Options(AuthOptionMixin, usage.Options):
                 raise usage.UsageError(f"--{name} must not be negative")
         if self["burst"] < 1:
             raise usage.UsageError("--burst must be at least 1")
+        if self["presence-threshold"] < 0:
+            raise usage.UsageError("--presence-threshold must not be negative")
+        if not 0 < self["presence-interval"] <= 60:
+            raise usage.UsageError("--presence-interval must be in (0, 60] seconds")
         if self["listen-backlog"] < 1:
             raise usage.UsageError("--listen-backlog must be at least 1")
         for description in self["ports"]:
@@ -166,6 +176,8 @@ def makeService(options) -> service.IService:
         reserved=accounts.reserved if accounts else None,
         guests=options["guests"],
     )
+    hub.presence_threshold = options["presence-threshold"]
+    hub.presence_interval = options["presence-interval"]
     factory = ChatFactory(
         hub, clock=reactor, max_line=options["max-line"],
         max_backlog=options["max-backlog"], rate=options["rate"], burst=options["burst"],
