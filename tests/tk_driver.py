@@ -13,6 +13,7 @@ one JSON line on stdout carrying the same ``seq``:
 - ``key`` ``widget`` (entry | nick) ``key`` (e.g. ``Return``, ``Up``): a key
   event to that widget's bindings
 - ``nick`` ``text``: replace the nick field's text
+- ``password`` ``text``: type into the login bar's password field and click Log in
 - ``focus`` ``focused`` (bool): tell the model the window gained or lost the focus
 - ``scroll`` ``fraction``: scroll the chat log (0.0 is the top)
 - ``close``: the window manager's close button (WM_DELETE_WINDOW)
@@ -57,6 +58,8 @@ def widget_state(app):
         "nick_field": view.nick_var.get(),
         "at_bottom": log.yview()[1] >= 0.999,
         "focused": app.model.focused,
+        "login_bar": view.login_label.cget("text") if view.login_bar.winfo_manager() else None,
+        "password_field": view.password_entry.get(),
     }
 
 
@@ -87,6 +90,10 @@ class Control(LineReceiver):
         elif op == "nick":
             view.nick_entry.delete(0, "end")
             view.nick_entry.insert(0, cmd["text"])
+        elif op == "password":
+            view.password_entry.delete(0, "end")
+            view.password_entry.insert(0, cmd["text"])
+            view.login_button.invoke()
         elif op == "key":
             widget = {"entry": view.entry, "nick": view.nick_entry}[cmd["widget"]]
             widget.focus_force()

@@ -41,6 +41,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nick", help="nick to ask for (default: your login name, if it is a "
                                   "valid nick; otherwise the server's guest nick)")
     p.add_argument("--room", help="room to join (default: the server's default room)")
+    p.add_argument("--tls", action="store_true",
+                   help="speak TLS to --host/--port, verifying the server's certificate and "
+                        "host name (--connect ssl:HOST:PORT does the same)")
+    p.add_argument("--ca", metavar="FILE",
+                   help="PEM file of the certificate(s) to trust for TLS: a private CA or "
+                        "the server's self-signed certificate (default: the system's CAs)")
+    p.add_argument("--login", metavar="NAME",
+                   help="log in to the account NAME; the window asks for the password "
+                        "(a field, no dialog) unless --password-file gives it")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="read the --login password from the first line of FILE")
     p.add_argument("--verbose", action="store_true", help="log connection events to stderr")
     return p
 
@@ -69,12 +80,47 @@ def _check(args, p):
         p.error(e.message)
     if not args.connect and not (0 < args.port < 65536):
         p.error("--port must be 1-65535")
+    if args.login is not None:
+        try:
+            args.login = valid_nick(args.login)
+        except ChatError as e:
+            p.error(f"--login: {e.message}")
+    if args.password_file and args.login is None:
+        p.error("--password-file needs --login NAME")
+
+
+def client_endpoint(reactor, args):
+    """The endpoint for the options; ValueError with a readable message if bad."""
+    from . import tls
+
+    description = endpoint_description(args)
+    if args.connect and args.connect.split(":", 1)[0].lower() == "ssl":
+        host, port = tls.parse_ssl(args.connect)
+        return tls.tls_endpoint(reactor, host, port, args.ca)
+    if args.tls:
+        if args.connect:
+            raise ValueError("--tls goes with --host/--port; for --connect write ssl:HOST:PORT")
+        return tls.tls_endpoint(reactor, args.host, args.port, args.ca)
+    if args.ca:
+        raise ValueError("--ca needs --tls or --connect ssl:HOST:PORT")
+    return clientFromString(reactor, description)
+
+
+def read_password(path: str) -> str:
+    """The first line of ``path``, without its line end."""
+    with open(path, encoding="utf-8") as f:
+        line = f.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        raise ValueError(f"{path} holds no password on its first line")
+    return password
 
 
 class ClientApp:
     """The running client: a model, a session, a ClientService and the window."""
 
-    def __init__(self, reactor, root, endpoint, nick=None, room=None):
+    def __init__(self, reactor, root, endpoint, nick=None, room=None, login=None,
+                 password=None):
         from .tkview import ChatView
 
         self.reactor = reactor
@@ -82,7 +128,9 @@ class ClientApp:
         self.model = ConversationModel(nick=nick)
         self.model.room = room
         self.session = ChatSession(self.model, on_quit=self.quit)
-        self.view = ChatView(root, self.model, self.session.submit)
+        if login is not None:
+            self.session.use_login(login, password)
+        self.view = ChatView(root, self.model, self.session.submit, login=self.session.login)
         self.service = connect(endpoint, self.session, clock=reactor)
         self._stopping = None
         self._reason = None
@@ -143,15 +191,22 @@ def build(argv=None, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     try:
-        endpoint = clientFromString(reactor, endpoint_description(args))
-    except Exception as e:  # the parser raises many types; all mean "bad"
-        p.error(f"bad --connect {args.connect!r}: {e}")
+        endpoint = client_endpoint(reactor, args)
+    except Exception as e:  # the parsers raise many types; all mean "bad"
+        p.error(f"bad --connect {args.connect!r}: {e}" if args.connect else str(e))
+    password = None
+    if args.password_file:
+        try:
+            password = read_password(args.password_file)
+        except (OSError, ValueError) as e:
+            p.error(f"--password-file: {getattr(e, 'strerror', None) or e}")
     if args.verbose:
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     nick = args.nick if args.nick is not None else default_nick()
-    return ClientApp(reactor, make_root(), endpoint, nick=nick, room=args.room)
+    return ClientApp(reactor, make_root(), endpoint, nick=nick, room=args.room,
+                     login=args.login, password=password)
 
 
 def main(argv=None) -> int:

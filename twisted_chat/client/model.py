@@ -36,6 +36,13 @@ ROOM_CHANGED = "room"
 NICK_CHANGED = "nick"
 STATUS_CHANGED = "status"
 TITLE_CHANGED = "title"
+LOGIN_CHANGED = "login"
+
+# Login states (with an account name, ``login_name``).
+LOGIN_NEEDED = "needed"  # waiting for the user's password
+LOGIN_PENDING = "pending"  # /login sent, no answer yet
+LOGGED_IN = "logged-in"
+LOGIN_FAILED = "failed"
 
 # Connection states.
 DISCONNECTED = "disconnected"
@@ -116,6 +123,8 @@ class ConversationModel:
         self.retry_at: Optional[float] = None
         self.focused = True
         self.unread = 0
+        self.login_name: Optional[str] = None  # the account to log in to, if any
+        self.login_state: Optional[str] = None
         self._subscribers = []
         self._shown_ids = set()  # ids of messages shown, to skip replayed duplicates
 
@@ -182,6 +191,11 @@ class ConversationModel:
         if focused:
             self.unread = 0
         self._emit(TITLE_CHANGED, self.title())
+
+    def set_login_state(self, state: Optional[str]) -> None:
+        if state != self.login_state:
+            self.login_state = state
+            self._emit(LOGIN_CHANGED, state)
 
     # -- connection state ----------------------------------------------------
 
@@ -295,6 +309,8 @@ class ConversationModel:
                 self.wanted_nick = new
             self._set_nick(new)
             self.system(f"you are now known as {new}", ts)
+            if self.login_state == LOGIN_PENDING and fold(new) == fold(self.login_name or ""):
+                self.set_login_state(LOGGED_IN)
         else:
             self.system(f"{old} is now known as {new}", ts)
 
@@ -361,6 +377,10 @@ class ConversationModel:
         code, message = _str(ev.get("code"), "error"), _str(ev.get("message"))
         if code == "nick-taken":
             message += " — pick another: type /nick NEWNAME or edit the nick field"
+        elif code == "login-failed" and self.login_state == LOGIN_PENDING:
+            self.set_login_state(LOGIN_FAILED)
+        elif code == "login-required" and self.login_name is None:
+            message += " — restart with --login NAME, or type /login NAME PASSWORD"
         self.problem(f"{code}: {message}")
 
     def _on_info(self, ev):

@@ -19,7 +19,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..commands import fold
+from . import model as m
 from .model import UNSENT, ConversationModel
+from .tls import describe_failure
 from .protocol import ChatClientFactory
 
 MAX_QUEUED = 100  # lines typed while disconnected that wait for the reconnect
@@ -35,9 +37,11 @@ class ChatSession:
         self.max_queued = max_queued
         self.protocol = None
         self.outbox: List[str] = []
-        # The user's last /login line, kept in memory only, to log in again
-        # after a reconnect; forgotten when the server refuses it.
-        self.login_line: Optional[str] = None
+        # With an account (--login NAME, the password bar, or a typed /login):
+        # its password, kept in memory only, to log in again after a
+        # reconnect; the room to go back to once the login has put us in one.
+        self._password: Optional[str] = None
+        self._login_typed = False  # a typed /login is forgotten when refused
         self._restore_room: Optional[str] = None
 
     # -- the connection's side -------------------------------------------------
@@ -47,7 +51,7 @@ class ChatSession:
 
     def connect_failed(self, failure) -> None:
         if not failure.check(CancelledError):
-            self.model.connection_failed(failure.getErrorMessage())
+            self.model.connection_failed(describe_failure(failure) or failure.getErrorMessage())
 
     def retrying(self, delay: float) -> None:
         self.model.retrying(delay)
@@ -58,11 +62,11 @@ class ChatSession:
         # Log in at once: the server registers a silent connection as a guest
         # after a short grace, and /mode does not register it.
         proto.send("/mode json")
-        if self.login_line:
+        if self.model.login_name:
             # The check is slow and a server without guests refuses /join
             # until it is done: join the room once the login has put us in one.
-            proto.send(self.login_line)
             self._restore_room = self.model.room
+            self._send_login()
         else:
             if self.model.wanted_nick:
                 proto.send(f"/nick {self.model.wanted_nick}")
@@ -78,9 +82,13 @@ class ChatSession:
         if proto is not self.protocol:
             return
         kind = event.get("type")
-        if kind == "error" and event.get("code") == "login-failed":
-            self.login_line = None
+        was = self.model.login_state
         self.model.handle(event)
+        if was == m.LOGIN_PENDING and self.model.login_state == m.LOGIN_FAILED:
+            self._password = None  # ask again rather than retry a wrong one
+            if self._login_typed:
+                self.model.login_name = None
+                self.model.set_login_state(None)
         if kind == "join" and self._restore_room and self.model.is_me(event.get("nick")):
             room, self._restore_room = self._restore_room, None
             if fold(room) != fold(str(event.get("room"))):
@@ -108,12 +116,19 @@ class ChatSession:
 
     def _submit_line(self, line: str) -> None:
         word = line.split(None, 1)[0].lower() if line.startswith("/") else ""
+        if word == "/login":
+            # Through the same path as the password field: the password is
+            # kept for reconnects and never shown in the window.
+            parts = line.split(None, 2)
+            if len(parts) == 3:
+                self.use_login(parts[1], None)
+                self._login_typed = True
+                self.login(parts[2])
+                return
         if word == "/quit":
             if self.on_quit is not None:
                 self.on_quit(line[len(word):].strip())
                 return
-        elif word == "/login":
-            self.login_line = line
         elif word == "/mode":
             self.model.problem("the client needs JSON mode; /mode is not sent")
             return
@@ -127,6 +142,31 @@ class ChatSession:
             self.model.add_line(UNSENT, "(not sent)", f"{line}  — not connected and "
                                 f"{self.max_queued} lines are already waiting")
 
+    # -- accounts ----------------------------------------------------------------
+
+    def use_login(self, name: str, password: Optional[str] = None) -> None:
+        """Log in to the account ``name`` on every connect (``password`` may come later)."""
+        self.model.login_name = name
+        self._password = password
+        self._login_typed = False
+        self.model.set_login_state(m.LOGIN_PENDING if password else m.LOGIN_NEEDED)
+
+    def login(self, password: str) -> None:
+        """The user gave the password (the window's field): log in now if connected."""
+        if not password:
+            return
+        self._password = password
+        self.model.set_login_state(m.LOGIN_PENDING)
+        if self.protocol is not None:
+            self._send_login()
+
+    def _send_login(self) -> None:
+        if self._password:
+            self.model.set_login_state(m.LOGIN_PENDING)
+            self.protocol.send(f"/login {self.model.login_name} {self._password}")
+        else:
+            self.model.set_login_state(m.LOGIN_NEEDED)
+
     def quit(self, reason: str = "") -> None:
         """Say goodbye to the server, if connected (the caller stops the service)."""
         if self.protocol is not None:
@@ -134,6 +174,9 @@ class ChatSession:
 
 
 def _why(reason) -> str:
+    tls_problem = describe_failure(reason)
+    if tls_problem:
+        return tls_problem
     try:
         return reason.getErrorMessage()
     except AttributeError:

@@ -9,7 +9,7 @@ so whatever the client must ask (another nick, say) is asked in the window.
 import tkinter as tk
 import tkinter.font as tkfont
 import zlib
-from typing import Callable
+from typing import Callable, Optional
 
 from . import model as m
 
@@ -34,10 +34,12 @@ def _tk_safe(text: str) -> str:
 class ChatView:
     """The window's widgets on ``root``, kept in step with ``model``."""
 
-    def __init__(self, root: tk.Tk, model: m.ConversationModel, submit: Callable[[str], None]):
+    def __init__(self, root: tk.Tk, model: m.ConversationModel, submit: Callable[[str], None],
+                 login: Optional[Callable[[str], None]] = None):
         self.root = root
         self.model = model
         self.submit = submit
+        self.login = login  # takes the password typed into the login bar
         self.history = m.InputHistory()
         self._nick_tags = set()
         self._build()
@@ -47,11 +49,14 @@ class ChatView:
         self._render_room()
         self._render_nick()
         self._render_status()
+        self._render_login()
         model.subscribe(self._changed)
         root.bind("<FocusIn>", self._focus_in, add="+")
         root.bind("<FocusOut>", self._focus_out, add="+")
         self._ticking = root.after(1000, self._tick)
         self.entry.focus_set()
+        if self.login_bar.winfo_manager():
+            self.password_entry.focus_set()
 
     # -- layout --------------------------------------------------------------
 
@@ -82,6 +87,18 @@ class ChatView:
         self.nick_entry.grid(row=0, column=2, sticky="e", padx=(4, 0))
         self.nick_entry.bind("<Return>", self._change_nick)
         self.nick_entry.bind("<KP_Enter>", self._change_nick)
+
+        # The login bar: in the window, not a dialog (a nested Tk loop would
+        # starve the reactor). Shown while the account's password is wanted.
+        self.login_bar = tk.Frame(top)
+        self.login_label = tk.Label(self.login_bar, text="")
+        self.login_label.grid(row=0, column=0, sticky="w")
+        self.password_entry = tk.Entry(self.login_bar, show="\u2022", width=24)
+        self.password_entry.grid(row=0, column=1, padx=(4, 4))
+        self.login_button = tk.Button(self.login_bar, text="Log in", command=self.submit_password)
+        self.login_button.grid(row=0, column=2)
+        for key in ("<Return>", "<KP_Enter>"):
+            self.password_entry.bind(key, lambda event: self.submit_password() or "break")
 
         body = tk.PanedWindow(root, orient="horizontal", sashwidth=5, borderwidth=0)
         body.grid(row=1, column=0, sticky="nsew", padx=6)
@@ -155,6 +172,8 @@ class ChatView:
             self._render_nick()
         elif change == m.STATUS_CHANGED:
             self._render_status()
+        elif change == m.LOGIN_CHANGED:
+            self._render_login()
         self.root.title(self.model.title())
 
     def _at_bottom(self) -> bool:
@@ -216,6 +235,24 @@ class ChatView:
 
     def _render_status(self):
         self.status_label.configure(text=self.model.status_text())
+
+    def _render_login(self):
+        state = self.model.login_state
+        if self.model.login_name and state in (m.LOGIN_NEEDED, m.LOGIN_FAILED):
+            again = " (again)" if state == m.LOGIN_FAILED else ""
+            self.login_label.configure(text=f"Password for {self.model.login_name}{again}:")
+            self.login_bar.grid(row=1, column=0, columnspan=3, sticky="w", pady=(4, 0))
+            self.password_entry.focus_set()
+        else:
+            self.login_bar.grid_remove()
+
+    def submit_password(self):
+        """The login bar's Log in button (and Enter in its field)."""
+        password = self.password_entry.get()
+        self.password_entry.delete(0, "end")
+        if password and self.login is not None:
+            self.login(password)
+        self.entry.focus_set()
 
     def _tick(self):
         # The "reconnecting in N s" countdown.
