@@ -118,6 +118,7 @@ class ModelTests(ModelTestCase):
         self.assertIn("/nick", md.lines[-1].text)
         self.assertEqual(md.nick, "guest1")
         self.assertEqual(md.wanted_nick, "alice")  # asked for again on reconnect
+        self.assertEqual(self.changes[-1], (m.NICK_CHANGED, "guest1"))  # resets the field
 
     def test_unread_count_while_unfocused(self):
         self.login()

@@ -136,6 +136,11 @@ class ChatWindowTests(WindowTestCase):
         state = w.wait_for(lambda s: s["status"].startswith("Connected as guest")
                            and s["status"].endswith(" in lobby"), "a guest nick in lobby")
         bob = self.peer("bob")
+        # A taken nick typed in the nick field: refused, the field shows the real nick.
+        w.call("nick", text="bob")
+        w.call("key", widget="nick", key="Return")
+        state = w.wait_for(has_line("the nick bob is taken", "error"), "bob is taken")
+        self.assertTrue(state["nick_field"].startswith("guest"), state["nick_field"])
         # Pick another nick in the nick field.
         w.call("nick", text="alice2")
         w.call("key", widget="nick", key="Return")

@@ -382,6 +382,8 @@ class ConversationModel:
         elif code == "login-required" and self.login_name is None:
             message += " — restart with --login NAME, or type /login NAME PASSWORD"
         self.problem(f"{code}: {message}")
+        if code in ("nick-taken", "nick-invalid", "nick-reserved"):
+            self._emit(NICK_CHANGED, self.nick)  # the nick field shows the real nick again
 
     def _on_info(self, ev):
         self.system(_str(ev.get("message")))
