@@ -15,9 +15,16 @@ class EvidenceScriptTests(SynchronousTestCase):
     def test_storm_small(self):
         out = io.StringIO()
         with redirect_stdout(out):
-            code = storm.main(["--clients", "60", "--workers", "2", "--room-size", "20"])
+            code = storm.main(["--clients", "60", "--workers", "2", "--room-size", "20",
+                               "--shutdown"])
         self.assertEqual(code, 0, out.getvalue())
         self.assertIn("accepted 60, registered 60, refused 0, failed 0", out.getvalue())
+        self.assertIn("60 of 60 got 'bye: server shutting down', 60 closed", out.getvalue())
+        # The server started at 1024 and raised its soft limit itself.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        wanted = 10000 + limits.FD_HEADROOM
+        expected = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        self.assertIn(f"Max open files {expected} ", out.getvalue())
 
     def test_memory_small_cuts_the_stalled_client_off(self):
         lines = []

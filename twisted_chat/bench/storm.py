@@ -10,7 +10,9 @@ from 127.0.0.1). ``--clients`` connections are opened at once, spread over
 ``/join`` the moment it connects and counts as registered when the server
 answers with the room's names. Rooms hold ``--room-size`` clients each.
 The server starts with an open-file soft limit of 1024 (``--server-soft-limit``)
-and must raise it itself. Reports how many were accepted (welcome), registered
+and must raise it itself. With ``--shutdown`` the server then gets SIGTERM
+and every client must receive its ``bye`` and see its connection close.
+Reports how many were accepted (welcome), registered
 (names), refused, and how long the storm took, plus the server's peak RSS and
 its open-file limits.
 """
@@ -19,6 +21,7 @@ import argparse
 import multiprocessing
 import resource
 import selectors
+import signal
 import socket
 import time
 
@@ -37,7 +40,7 @@ class StormServer(OurServer):
                                   "--port", "tcp:0:interface=127.0.0.1"] + self.extra_args
         if not self.soft_limit:
             return cmd
-        return ["sh", "-c", f'ulimit -Sn {int(self.soft_limit)} && exec "$@"', "twistd"] + cmd
+        return ["sh", "-c", f'ulimit -Sn {int(self.soft_limit)} 2>/dev/null; exec "$@"', "twistd"] + cmd
 
     def _read(self):
         # As ServerProcess._read, also counting the log lines that matter here.
@@ -62,8 +65,9 @@ def _raise_fd_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _worker(port, first, count, room_size, timeout, go, result):
-    """Open ``count`` connections at once; report (accepted, registered, refused, failed)."""
+def _worker(port, first, count, room_size, timeout, go, result, shutdown):
+    """Open ``count`` connections at once; report (accepted, registered, refused, failed).
+    With ``shutdown``, then read until every connection has its bye and EOF."""
     limit = _raise_fd_limit()
     sel = selectors.EpollSelector()
     state = {}
@@ -122,9 +126,43 @@ def _worker(port, first, count, room_size, timeout, go, result):
             if st["names"]:
                 st["buf"] = b""
     result.put((accepted, registered, refused, failed, pending, last - started, limit))
-    time.sleep(0.5)  # hold the connections a moment, then leave
+    if shutdown:
+        result.put(_await_bye(sel, state, timeout))
+    else:
+        time.sleep(0.5)  # hold the connections a moment, then leave
     for s in state:
         s.close()
+
+
+def _await_bye(sel, state, timeout):
+    """Read every open connection to EOF; count the shutdown byes.
+    Returns (byes, eofs, CLOCK_MONOTONIC time of the last EOF)."""
+    open_socks = {s for s, st in state.items() if st["names"]}
+    for s, st in state.items():
+        st["buf"] = b""
+    byes = eofs = 0
+    last = 0.0
+    deadline = time.monotonic() + timeout
+    while open_socks and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=1.0):
+            s = key.fileobj
+            if s not in open_socks:
+                continue
+            st = state[s]
+            try:
+                data = s.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                st["buf"] = (st["buf"] + data)[-200:]
+                continue
+            if b"-- bye: server shutting down\r\n" in st["buf"]:
+                byes += 1
+            eofs += 1
+            last = time.monotonic()
+            open_socks.discard(s)
+            sel.unregister(s)
+    return byes, eofs, last
 
 
 def main(argv=None):
@@ -135,6 +173,8 @@ def main(argv=None):
     ap.add_argument("--room-size", type=int, default=100,
                     help="clients per room (0: everybody in the default room)")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--shutdown", action="store_true",
+                    help="then SIGTERM the server and time every client's bye and close")
     ap.add_argument("--server-soft-limit", type=int, default=1024,
                     help="open-file soft limit the server starts with (0: the hard limit)")
     ap.add_argument("server_args", nargs="*", help="extra twistd chat options (after --)")
@@ -156,7 +196,7 @@ def main(argv=None):
             if count <= 0:
                 break
             p = ctx.Process(target=_worker, args=(server.port, first, count, args.room_size,
-                                                  args.timeout, go, result))
+                                                  args.timeout, go, result, args.shutdown))
             p.start()
             procs.append(p)
         time.sleep(1.0)  # workers are up and waiting
@@ -175,6 +215,16 @@ def main(argv=None):
         hwm = server.status("VmHWM")
         with open(f"/proc/{server.pid}/limits") as f:
             fd_line = [line for line in f if line.startswith("Max open files")]
+        if args.shutdown:
+            stopped = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            byes = eofs = 0
+            last_eof = stopped
+            for _ in procs:
+                b, e, t = result.get(timeout=args.timeout + 30)
+                byes, eofs, last_eof = byes + b, eofs + e, max(last_eof, t)
+            server.proc.wait(args.timeout)
+            exited = time.monotonic()
         for p in procs:
             p.join(30)
         accepted, registered, refused, failed, pending = totals
@@ -187,7 +237,14 @@ def main(argv=None):
         print(f"  server log: {server.slow} slow consumers cut off, {server.refused} refused")
         for line in fd_line:
             print("  server", " ".join(line.split()))
-        return 0 if registered == args.clients else 1
+        if args.shutdown:
+            print(f"  SIGTERM: {byes} of {registered} got 'bye: server shutting down', "
+                  f"{eofs} closed; last close {last_eof - stopped:.1f} s, "
+                  f"server exited {exited - stopped:.1f} s after the signal")
+        ok = registered == args.clients
+        if args.shutdown:
+            ok = ok and byes == registered
+        return 0 if ok else 1
     finally:
         server.stop()
 
