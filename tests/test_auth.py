@@ -155,21 +155,48 @@ class ScryptCheckerTests(SynchronousTestCase):
 
 
 class LimiterTests(SynchronousTestCase):
+    def fail_once(self, limiter, host):
+        self.assertIsNone(limiter.begin(host))
+        limiter.end(host, failed=True)
+
     def test_burst_then_refill(self):
         clock = MemoryReactorClock()
         limiter = FailureLimiter(clock, burst=3, interval=30.0)
-        self.assertEqual([limiter.take("10.0.0.1") for _ in range(3)], [0, 0, 0])
-        self.assertAlmostEqual(limiter.take("10.0.0.1"), 10.0)
-        self.assertEqual(limiter.take("10.0.0.2"), 0)  # per address
+        for _ in range(3):
+            self.fail_once(limiter, "10.0.0.1")
+        self.assertEqual(limiter.begin("10.0.0.1"),
+                         "too many failed logins from your address; try again in 10 s")
+        self.assertIsNone(limiter.begin("10.0.0.2"))  # per address
         clock.advance(10)
-        self.assertEqual(limiter.take("10.0.0.1"), 0)
-        self.assertGreater(limiter.take("10.0.0.1"), 0)
+        self.fail_once(limiter, "10.0.0.1")
+        self.assertIsNotNone(limiter.begin("10.0.0.1"))
 
-    def test_success_gives_token_back(self):
+    def test_successes_cost_nothing(self):
         limiter = FailureLimiter(MemoryReactorClock(), burst=2, interval=60.0)
         for _ in range(10):
-            self.assertEqual(limiter.take("h"), 0)
-            limiter.give_back("h")
+            self.assertIsNone(limiter.begin("nat"))
+        for _ in range(10):
+            limiter.end("nat", failed=False)
+        self.fail_once(limiter, "nat")
+        self.fail_once(limiter, "nat")
+        self.assertIsNotNone(limiter.begin("nat"))
+
+    def test_parallel_failures_go_into_debt(self):
+        # Guesses started together all count: the address then waits them off.
+        clock = MemoryReactorClock()
+        limiter = FailureLimiter(clock, burst=2, interval=60.0, max_in_flight=4)
+        for _ in range(4):
+            self.assertIsNone(limiter.begin("h"))
+        self.assertEqual(limiter.begin("h"),
+                         "too many logins under way from your address; try again in a moment")
+        for _ in range(4):
+            limiter.end("h", failed=True)
+        self.assertEqual(limiter.begin("h"),
+                         "too many failed logins from your address; try again in 90 s")
+        clock.advance(89)
+        self.assertIsNotNone(limiter.begin("h"))
+        clock.advance(1)
+        self.assertIsNone(limiter.begin("h"))
 
 
 class AccountsTests(SynchronousTestCase):

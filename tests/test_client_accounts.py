@@ -207,6 +207,11 @@ class WindowLoginTests(TLSServerWindowCase):
         w.call("close")
         self.assertEqual(w.wait_exit(), 0, w.errors())
         self.assertNotIn("Traceback", w.errors())
+        bob.close()
+        self.server.stop()
+        for secret in ("not my password", *self.accounts.values()):
+            self.assertNotIn(secret, self.server.logtext())
+            self.assertNotIn(secret, w.errors())
 
     def test_password_file(self):
         pw = os.path.join(self.dir, "alice.pw")

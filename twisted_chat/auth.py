@@ -36,6 +36,7 @@ LOGIN_FAILED = "login failed: wrong name or password"
 # Failed logins allowed per peer address: a burst, refilled evenly over the interval.
 FAILURE_BURST = 5
 FAILURE_INTERVAL = 60.0
+MAX_IN_FLIGHT = 20  # login checks under way at once from one address
 
 
 def _text(value) -> str:
@@ -168,38 +169,49 @@ def account_names(checker) -> Set[str]:
 
 
 class FailureLimiter:
-    """A token bucket per peer address for failed logins.
+    """Failed logins per peer address: a token bucket that only failures drain.
 
-    A login attempt takes a token up front (so parallel attempts count too) and
-    a success gives it back.
+    A failure costs a token and may leave the bucket in debt, so however many
+    attempts run at once, the long-run rate stays at ``burst`` per
+    ``interval``. A new attempt needs a whole token and fewer than
+    ``max_in_flight`` attempts from its address under way. Successes cost
+    nothing: many people behind one NAT address logging in at once (say,
+    every client reconnecting after a server restart) are not refused.
     """
 
-    def __init__(self, clock, burst: int = FAILURE_BURST, interval: float = FAILURE_INTERVAL):
+    def __init__(self, clock, burst: int = FAILURE_BURST, interval: float = FAILURE_INTERVAL,
+                 max_in_flight: int = MAX_IN_FLIGHT):
         self.clock = clock
         self.burst = burst
         self.rate = burst / interval  # tokens per second
+        self.max_in_flight = max_in_flight
         self._buckets: Dict[str, Tuple[float, float]] = {}  # host -> (tokens, when)
+        self._in_flight: Dict[str, int] = {}
 
     def _tokens(self, host: str) -> float:
         tokens, when = self._buckets.get(host, (self.burst, 0.0))
         return min(self.burst, tokens + (self.clock.seconds() - when) * self.rate)
 
-    def take(self, host: str) -> float:
-        """0 if an attempt may go ahead (a token is taken), else seconds to wait."""
+    def begin(self, host: str) -> Optional[str]:
+        """None if an attempt from ``host`` may start (call ``end`` after it),
+        else why not, for the user."""
         tokens = self._tokens(host)
         if tokens < 1:
-            return (1 - tokens) / self.rate
-        self._buckets[host] = (tokens - 1, self.clock.seconds())
+            wait = math.ceil((1 - tokens) / self.rate)
+            return f"too many failed logins from your address; try again in {wait} s"
+        if self._in_flight.get(host, 0) >= self.max_in_flight:
+            return "too many logins under way from your address; try again in a moment"
+        self._in_flight[host] = self._in_flight.get(host, 0) + 1
+        return None
+
+    def end(self, host: str, failed: bool) -> None:
+        left = self._in_flight.pop(host, 1) - 1
+        if left:
+            self._in_flight[host] = left
+        if failed:
+            self._buckets[host] = (self._tokens(host) - 1, self.clock.seconds())
         if len(self._buckets) > 10000:
             self._prune()
-        return 0.0
-
-    def give_back(self, host: str) -> None:
-        tokens = self._tokens(host) + 1
-        if tokens >= self.burst:
-            self._buckets.pop(host, None)
-        else:
-            self._buckets[host] = (tokens, self.clock.seconds())
 
     def _prune(self) -> None:
         for host in [h for h in self._buckets if self._tokens(h) >= self.burst]:
@@ -226,20 +238,18 @@ class Accounts:
     def login(self, host: str, name: str, password: str) -> defer.Deferred:
         """A Deferred firing with the account's nick, or failing with ChatError(login-failed)."""
         name = valid_nick(name)
-        wait = self.limiter.take(host)
-        if wait:
-            log.warn("login as {name} from {host} refused: too many failed logins",
-                     name=name, host=host)
-            return defer.fail(ChatError(
-                "login-failed",
-                f"too many failed logins from your address; try again in {math.ceil(wait)} s"))
+        refusal = self.limiter.begin(host)
+        if refusal is not None:
+            log.warn("login as {name} from {host} refused: {why}", name=name, host=host,
+                     why=refusal.split(";")[0])
+            return defer.fail(ChatError("login-failed", refusal))
         credentials = UsernamePassword(name.encode("utf-8"), password.encode("utf-8"))
         d = self.portal.login(credentials, None, IChatAccount)
         del credentials
 
         def succeeded(result):
             _, account, _ = result
-            self.limiter.give_back(host)
+            self.limiter.end(host, failed=False)
             try:
                 nick = valid_nick(account.name)
             except ChatError:
@@ -248,6 +258,7 @@ class Accounts:
             return nick
 
         def failed(failure):
+            self.limiter.end(host, failed=True)
             if not failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
                 # Not the user's fault; the type and text only (no locals, no password).
                 log.error("login check for {name} failed: {error}", name=name,
