@@ -71,7 +71,6 @@ class FuzzTests(SynchronousTestCase):
         clock = MemoryReactorClock()
         factory = ChatFactory(Hub(clock=clock.seconds), clock=clock, max_line=64,
                               rate=3, burst=6, max_backlog=1 << 20)
-        conns = []
 
         def connect(port):
             addr = IPv4Address("TCP", "10.0.0.1", port)

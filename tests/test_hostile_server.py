@@ -233,7 +233,7 @@ class ShutdownTests(SynchronousTestCase):
         # Fill the stalled reader's socket and the server's buffers for it.
         for i in range(1500):
             alice.send(f"m{i} " + "x" * 2000)
-        alice.expect_event("message", text=f"m1499 " + "x" * 2000)
+        alice.expect_event("message", text="m1499 " + "x" * 2000)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         alice.expect_event("bye")

@@ -40,7 +40,8 @@ class StormServer(OurServer):
                                   "--port", "tcp:0:interface=127.0.0.1"] + self.extra_args
         if not self.soft_limit:
             return cmd
-        return ["sh", "-c", f'ulimit -Sn {int(self.soft_limit)} 2>/dev/null; exec "$@"', "twistd"] + cmd
+        script = f'ulimit -Sn {int(self.soft_limit)} 2>/dev/null; exec "$@"'
+        return ["sh", "-c", script, "twistd"] + cmd
 
     def _read(self):
         # As ServerProcess._read, also counting the log lines that matter here.
