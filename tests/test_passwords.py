@@ -157,3 +157,70 @@ class PasswdCommandTests(SynchronousTestCase):
         again = self.run_passwd(self.path, "alice", "--delete")
         self.assertEqual(again.returncode, 1)
         self.assertIn("no account alice", again.stderr)
+
+
+class PasswdTerminalTests(SynchronousTestCase):
+    """At a terminal, ``twisted-chat-passwd`` asks twice and does not echo."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="chat-passwd-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.path = os.path.join(self.dir, "accounts")
+
+    def run_on_pty(self, *answers):
+        import fcntl
+        import pty
+        import select
+        import termios
+        import time
+
+        controller, terminal = pty.openpty()
+
+        def take_terminal():  # a new session whose controlling terminal is the pty
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        script = os.path.join(os.path.dirname(sys.executable), "twisted-chat-passwd")
+        proc = subprocess.Popen([script, self.path, "alice"], stdin=terminal, stdout=terminal,
+                                stderr=terminal, preexec_fn=take_terminal, close_fds=True)
+        os.close(terminal)
+        # Each answer is typed once its prompt has appeared.
+        seen, pending = b"", list(zip((b"New password:", b"Again:"), answers))
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([controller], [], [], 0.2)
+                if ready:
+                    try:
+                        chunk = os.read(controller, 1024)
+                    except OSError:  # EIO: the process closed the terminal
+                        break
+                    if not chunk:
+                        break
+                    seen += chunk
+                if pending and pending[0][0] in seen:
+                    os.write(controller, pending.pop(0)[1].encode() + b"\n")
+                if proc.poll() is not None and not ready:
+                    break
+        finally:
+            os.close(controller)
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+        return code, seen.decode("utf-8", "replace")
+
+    def test_asks_twice_without_echo(self):
+        code, screen = self.run_on_pty("terminal secret", "terminal secret")
+        self.assertEqual(code, 0, screen)
+        self.assertIn("New password:", screen)
+        self.assertIn("Again:", screen)
+        self.assertNotIn("terminal secret", screen)
+        name, encoded = passwords.read_accounts(self.path)["alice"]
+        self.assertTrue(passwords.verify_password("terminal secret", encoded))
+
+    def test_mismatch_is_refused(self):
+        code, screen = self.run_on_pty("one secret", "another secret")
+        self.assertEqual(code, 2, screen)
+        self.assertIn("the two passwords differ", screen)
+        self.assertNotIn("secret", screen)
+        self.assertFalse(os.path.exists(self.path))
