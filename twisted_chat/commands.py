@@ -71,6 +71,8 @@ class Command(NamedTuple):
     name: str
     arg: Optional[str] = None
     text: Optional[str] = None
+    count: Optional[int] = None  # /history: how many messages
+    before: Optional[int] = None  # /history before ID
 
 
 USAGE = {
@@ -81,6 +83,7 @@ USAGE = {
     "msg": "/msg NICK TEXT",
     "me": "/me TEXT",
     "mode": "/mode json|text",
+    "history": "/history [N] | /history before ID [N]",
     "ping": "/ping [TOKEN]",
     "quit": "/quit [REASON]",
     "help": "/help",
@@ -141,6 +144,28 @@ def parse(line: str) -> Optional[Command]:
         if len(words) != 1 or words[0].lower() not in ("json", "text"):
             raise _usage(name)
         return Command(name, arg=words[0].lower())
+    if name == "history":
+        return _history(words)
     if name in ("ping", "quit"):
         return Command(name, text=rest)
     return Command(name)  # rooms, help: arguments are ignored
+
+
+def _positive(word: str) -> int:
+    # isdecimal, not int(): no signs, spaces or underscores; the length bound
+    # keeps a huge number from costing anything.
+    if not (word.isascii() and word.isdecimal() and len(word) <= 18) or int(word) < 1:
+        raise _usage("history")
+    return int(word)
+
+
+def _history(words) -> Command:
+    """/history [N] | /history before ID [N]  (N is capped by the hub)."""
+    if words and words[0].lower() == "before":
+        if len(words) not in (2, 3):
+            raise _usage("history")
+        count = _positive(words[2]) if len(words) == 3 else None
+        return Command("history", count=count, before=_positive(words[1]))
+    if len(words) > 1:
+        raise _usage("history")
+    return Command("history", count=_positive(words[0]) if words else None)

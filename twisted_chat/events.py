@@ -25,6 +25,11 @@ def _clock(t: float) -> str:
     return time.strftime("%H:%M", time.localtime(t))
 
 
+def _dated(t: float) -> str:
+    # Replayed history may be days old: its lines carry the date too.
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
 def _names(nicks) -> str:
     return ", ".join(nicks) if nicks else "(nobody)"
 
@@ -43,9 +48,20 @@ def _presence_text(f) -> str:
 
 
 def _message_text(f) -> str:
+    when = _dated(f["_t"]) if f.get("history") else _clock(f["_t"])
     if f.get("action"):
-        return f"[{_clock(f['_t'])}] * {f['nick']} {f['text']}"
-    return f"[{_clock(f['_t'])}] <{f['nick']}> {f['text']}"
+        return f"[{when}] * {f['nick']} {f['text']}"
+    return f"[{when}] <{f['nick']}> {f['text']}"
+
+
+def _history_end_text(f) -> str:
+    count = f["count"]
+    if not count:
+        return f"-- no earlier messages in {f['room']}"
+    line = f"-- end of history: {count} message{'s' if count != 1 else ''} in {f['room']}"
+    if count >= f["limit"]:
+        line += f"; older ones: /history before {f['oldest']}"
+    return line + " --"
 
 
 def _welcome_text(f) -> str:
@@ -66,6 +82,7 @@ _TEXT = {
     "rooms": lambda f: "-- rooms: "
     + (", ".join(f"{r['name']} ({r['members']})" for r in f["rooms"]) or "(none)"),
     "message": _message_text,
+    "history-end": _history_end_text,
     "private": lambda f: f"[{_clock(f['_t'])}] *{f['from']}* {f['text']}",
     "error": lambda f: f"!! {f['code']}: {f['message']}",
     "info": lambda f: f"-- {f['message']}",

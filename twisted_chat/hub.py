@@ -4,16 +4,31 @@ The hub knows no transport. A connection is represented by a :class:`Member`
 whose ``deliver`` callable takes an :class:`~twisted_chat.events.Event`; the
 protocol layer supplies that callable and renders the event in its own mode.
 Client mistakes raise :class:`~twisted_chat.errors.ChatError`.
+
+Order. A message goes out only once its history store has stored it (the
+store calls back later, after a group commit). So that nothing overtakes it,
+every other event the hub emits while messages are pending waits in a queue
+behind them, addressed to the members it had when it was made: everybody
+sees events in the order the hub accepted them, and a room's messages go to
+the room as it was when each was accepted.
 """
 
 import time
+from collections import deque
 from typing import Callable, Dict, Optional
+
+from twisted.internet.defer import succeed
+from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import __version__, fanout, presence
 from .commands import fold, valid_nick, valid_room
 from .errors import ChatError
-from .events import Event
+from .events import Event, error
+from .history import HISTORY_CAP, IHistoryStore
 
+log = Logger()
+DEFAULT_REPLAY = 50  # messages replayed to a joiner (twistd chat --history)
 
 # What a member that has not logged in may do on a server without guests:
 # nothing that shows it to anybody (mode and ping only shape its own output).
@@ -24,7 +39,7 @@ class Member:
     """One connection's identity in the hub."""
 
     __slots__ = ("nick", "key", "room", "echo", "deliver", "account", "direct", "sink",
-                 "__weakref__")
+                 "gone", "_live", "_held", "_replays", "_replayed", "__weakref__")
 
     def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None):
         self.nick = nick
@@ -40,6 +55,14 @@ class Member:
         # the ``direct`` one it was born with; otherwise event by event.
         self.direct = deliver
         self.sink = sink
+        self.gone = False  # disconnected: queued events skip it
+        # While history is being fetched for this member, ``deliver`` is
+        # swapped for ``_held.append`` so live events wait behind the replay;
+        # ``_live`` keeps the real one. See Hub._replay.
+        self._live = None
+        self._held: Optional[list] = None
+        self._replays: Optional[List["_Replay"]] = None
+        self._replayed: Optional[set] = None  # ids replayed while holding
 
     @property
     def registered(self) -> bool:
@@ -50,7 +73,7 @@ class Member:
 
 
 class Room:
-    __slots__ = ("name", "key", "members", "hub", "batch", "presence")
+    __slots__ = ("name", "key", "members", "hub", "batch", "presence", "pending", "epoch")
 
     def __init__(self, name: str, hub=None):
         self.name = name
@@ -60,9 +83,21 @@ class Room:
         self.presence = None  # joins/parts not announced yet (twisted_chat.presence)
         # A dict used as an ordered set: O(1) removal, join order kept.
         self.members: Dict[Member, None] = {}
+        # Messages accepted but not yet stored, and the membership they are
+        # addressed to: ``epoch`` is a cell shared by the messages accepted
+        # since the last join or part; it stays [None] while the membership
+        # is unchanged, and is filled with the old members when it changes.
+        self.pending = 0
+        self.epoch: list = [None]
 
     def nicks(self):
         return [m.nick for m in self.members]
+
+    def changing(self) -> None:
+        """The membership is about to change: pin it for pending messages."""
+        if self.pending:
+            self.epoch[0] = list(self.members)
+            self.epoch = [None]
 
     def broadcast(self, event: Event, sender: Optional[Member] = None) -> None:
         """Deliver ``event`` to every member; ``sender`` gets it only if it echoes.
@@ -72,19 +107,48 @@ class Room:
         fanout.broadcast(self, event, sender)
 
 
+@implementer(IHistoryStore)
 class MemoryHistory:
     """The history seam with no storage: it only hands out increasing ids.
 
     ``append`` calls ``done(id)`` once the record is stored; a durable store
-    may call it later (after its group commit), never out of order.
+    (:mod:`twisted_chat.history`) calls it later, after its group commit,
+    never out of order. This one keeps nothing, so nothing is replayed.
     """
 
     def __init__(self):
         self._last_id = 0
 
-    def append(self, record: dict, done: Callable[[int], None]) -> None:
+    def append(self, record: dict, done: Callable[[int], None], failed=None) -> None:
         self._last_id += 1
         done(self._last_id)
+
+    def recent(self, room: str, limit: int):
+        return succeed([])
+
+    def before(self, room: str, before_id: int, limit: int):
+        return succeed([])
+
+
+class _Step:
+    """One place in the hub's output order; ``run`` is None while it waits
+    for the store."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run=None):
+        self.run = run
+
+
+class _Replay:
+    """One pending history fetch for a member: rows is None until it arrives."""
+
+    __slots__ = ("room", "on_join", "limit", "before", "rows", "failed")
+
+    def __init__(self, room, on_join, limit, before):
+        self.room, self.on_join, self.limit, self.before = room, on_join, limit, before
+        self.rows = None
+        self.failed = False
 
 
 class Hub:
@@ -99,12 +163,14 @@ class Hub:
         history=None,
         reserved: Optional[Callable[[str], bool]] = None,
         guests: bool = True,
+        replay: int = DEFAULT_REPLAY,
     ):
         self.server_name = server_name
         self.motd = motd
         self.default_room = valid_room(default_room)
         self.clock = clock
         self.history = history if history is not None else MemoryHistory()
+        self.replay = min(max(replay, 0), HISTORY_CAP)  # messages replayed on join
         self.members: Dict[str, Member] = {}  # folded nick -> member
         self.rooms: Dict[str, Room] = {}  # folded name -> room
         self._guests = 0
@@ -120,6 +186,8 @@ class Hub:
         self.presence_threshold = presence.DEFAULT_THRESHOLD
         self.presence_interval = presence.DEFAULT_INTERVAL
         self.call_later = None
+        self._queue = deque()  # of _Step: output waiting behind unstored messages
+        self._draining = False
         self._room(self.default_room)
 
     # -- connections ---------------------------------------------------------
@@ -151,6 +219,11 @@ class Hub:
             self._leave(member, reason)
         if self.members.get(member.key) is member:
             del self.members[member.key]
+        member.gone = True
+        if member._replays is not None:
+            # Pending replays are moot, and so is what was held for it.
+            member.deliver = member._live
+            member._replays = member._held = member._live = member._replayed = None
 
     # -- commands ------------------------------------------------------------
 
@@ -164,7 +237,7 @@ class Hub:
             raise ChatError("nick-reserved", f"the nick {nick} belongs to an account; "
                             "its owner uses /login")
         if nick == member.nick:
-            member.deliver(Event("info", {"message": f"you are already {nick}"}))
+            self.send(member, Event("info", {"message": f"you are already {nick}"}))
             return
         self._rename(member, nick)
 
@@ -182,7 +255,7 @@ class Hub:
         holder = self.members.get(key)
         if holder is not None and holder is not member:
             self._rename(holder, self._guest_nick())
-            holder.deliver(Event("info", {
+            self.send(holder, Event("info", {
                 "message": f"{nick} logged in to its account; you are now {holder.nick}"}))
         if nick != member.nick:
             self._rename(member, nick)
@@ -198,45 +271,84 @@ class Hub:
         event = Event.timed("nick", self.clock(), old=old, new=nick)
         if member.room is not None:
             presence.before(self, member.room, old)
-            member.room.broadcast(event)
+            self._broadcast(member.room, event)
         else:
-            member.deliver(event)
+            self.send(member, event)
             self.register(member)
 
     def join(self, member: Member, name: str) -> None:
         room = self._room(valid_room(name))
         if member.room is room:
-            member.deliver(Event("names", {"room": room.name, "nicks": room.nicks()}))
+            self.send(member, Event("names", {"room": room.name, "nicks": room.nicks()}))
             return
         if member.room is not None:
             self._leave(member, "left")
         batched = presence.batched(self, room)
+        room.changing()
         fanout.entering(room, member)
         room.members[member] = None
         member.room = room
         event = Event.timed("join", self.clock(), room=room.name, nick=member.nick)
         if batched:
-            member.deliver(event)  # its own join now; the room's in a presence batch
+            self.send(member, event)  # its own join now; the room's in a presence batch
             presence.joined(self, room, member.nick)
         else:
-            room.broadcast(event)
-        member.deliver(Event("names", {"room": room.name, "nicks": room.nicks()}))
+            self._broadcast(room, event)
+        self.send(member, Event("names", {"room": room.name, "nicks": room.nicks()}))
+        if self.replay:
+            # Fetched only once every message accepted before this join is
+            # stored: the replay then holds all of them, and every later one
+            # reaches the joiner live.
+            self.in_order(lambda: self._replay(member, room, True, self.replay))
+
+    def history_page(self, member: Member, limit: Optional[int] = None,
+                     before: Optional[int] = None) -> None:
+        """``/history [N]`` and ``/history before ID [N]`` for the member's room
+        (the default room if it has none yet; asking does not register)."""
+        room = member.room or self.rooms[fold(self.default_room)]
+        limit = min(limit or self.replay or DEFAULT_REPLAY, HISTORY_CAP)
+        self.in_order(lambda: self._replay(member, room, False, limit, before))
 
     def say(self, member: Member, text: str, action: bool = False) -> None:
         self.register(member)
         room, nick, t = member.room, member.nick, self.clock()
-        record = {"kind": "message", "room": room.key, "nick": nick, "text": text,
-                  "t": t, "action": action}
+        record = {"kind": "message", "room": room.key, "room_name": room.name, "nick": nick,
+                  "text": text, "t": t, "action": action}
+        # The room as it is now receives it, whenever the store is done.
+        epoch = room.epoch
+        room.pending += 1
+        step = self._wait()
 
         def accepted(msg_id: int) -> None:
+            room.pending -= 1
             fields = {"id": msg_id, "ts": None, "room": room.name, "nick": nick, "text": text}
             if action:
                 fields["action"] = True
             event = Event.timed("message", t, **fields)
-            presence.before(self, room, nick)
-            room.broadcast(event, sender=member)
 
-        self.history.append(record, accepted)
+            def send():
+                presence.before(self, room, nick)  # others learn of the sender first
+                recipients = epoch[0]
+                if recipients is None:
+                    # Nobody came or went since: the room's own (coalesced) fan-out.
+                    room.broadcast(event, sender=member)
+                    return
+                for m in recipients:
+                    if m is not member and not m.gone:
+                        m.deliver(event)
+                # The sender's acknowledgement (JSON mode), wherever it is now;
+                # a sender who has disconnected meanwhile simply gets none.
+                if member.echo and not member.gone:
+                    member.deliver(event)
+
+            self._ready(step, send)
+
+        def failed():
+            room.pending -= 1
+            refused()
+
+        refused = self._not_stored(member, step)
+        self.history.append(record, accepted, failed)
 
     def private(self, member: Member, target: str, text: str) -> None:
         self.register(member)
@@ -246,15 +358,21 @@ class Hub:
         sender, t = member.nick, self.clock()
         record = {"kind": "private", "from": sender, "to": recipient.nick, "text": text,
                   "t": t, "action": False}
+        step = self._wait()
 
         def accepted(msg_id: int) -> None:
             event = Event.timed("private", t, id=msg_id, ts=None, **{
                 "from": sender, "to": recipient.nick, "text": text})
-            recipient.deliver(event)
-            if member.echo and member is not recipient:
-                member.deliver(event)
 
-        self.history.append(record, accepted)
+            def send():
+                if not recipient.gone:
+                    recipient.deliver(event)
+                if member.echo and member is not recipient and not member.gone:
+                    member.deliver(event)
+
+            self._ready(step, send)
+
+        self.history.append(record, accepted, self._not_stored(member, step))
 
     def who(self, member: Member, name: Optional[str] = None) -> None:
         if name is None:
@@ -267,14 +385,144 @@ class Hub:
                 room_name, nicks = room.name, room.nicks()
             else:
                 nicks = []
-        member.deliver(Event("names", {"room": room_name, "nicks": nicks}))
+        self.send(member, Event("names", {"room": room_name, "nicks": nicks}))
 
     def list_rooms(self, member: Member) -> None:
         rooms = [
             {"name": room.name, "members": len(room.members)}
             for room in sorted(self.rooms.values(), key=lambda r: r.key)
         ]
-        member.deliver(Event("rooms", {"rooms": rooms}))
+        self.send(member, Event("rooms", {"rooms": rooms}))
+
+    # -- output order ----------------------------------------------------------
+
+    def in_order(self, thunk: Callable[[], None]) -> None:
+        """Run ``thunk`` now, or, if messages are waiting for the store, right
+        after they have gone out (so a ``pong`` is a true barrier)."""
+        if self._queue:
+            self._queue.append(_Step(thunk))
+        else:
+            thunk()
+
+    def send(self, member: Member, event: Event) -> None:
+        """Deliver ``event`` to ``member`` in order (after pending messages,
+        and after a pending history replay)."""
+        if self._queue:
+            self._queue.append(_Step(lambda: member.gone or member.deliver(event)))
+        else:
+            member.deliver(event)
+
+    def _broadcast(self, room: Room, event: Event) -> None:
+        if self._queue:
+            recipients = list(room.members)
+
+            def send():
+                for m in recipients:
+                    if not m.gone:
+                        m.deliver(event)
+
+            self._queue.append(_Step(send))
+        else:
+            room.broadcast(event)
+
+    def _wait(self) -> _Step:
+        step = _Step()
+        self._queue.append(step)
+        return step
+
+    def _ready(self, step: _Step, run: Callable[[], None]) -> None:
+        step.run = run
+        if self._draining:
+            return  # the loop below will get to it
+        self._draining = True
+        queue = self._queue
+        try:
+            while queue and queue[0].run is not None:
+                run = queue.popleft().run
+                try:
+                    run()
+                except Exception:
+                    log.failure("delivering hub output")
+        finally:
+            self._draining = False
+
+    def _not_stored(self, member: Member, step: _Step):
+        def failed():
+            def tell():
+                if not member.gone:
+                    member.deliver(error("not-stored", "the server could not store your "
+                                         "message, so nobody received it; try again later"))
+            self._ready(step, tell)
+        return failed
+
+    # -- history replay ----------------------------------------------------------
+
+    def _replay(self, member: Member, room: Room, on_join: bool, limit: int,
+                before: Optional[int] = None) -> None:
+        """Fetch history for ``member`` and deliver it before any later event.
+
+        Until every pending fetch of this member has arrived, events for it
+        are held; then the replayed messages go out (``history: true``), a
+        ``history-end`` marker, and the held events, minus messages the
+        replay already contained (one stored while the fetch was queued can
+        be in both).
+        """
+        if member.gone:
+            return
+        request = _Replay(room, on_join, limit, before)
+        if member._replays is None:
+            member._replays, member._held, member._live = [], [], member.deliver
+            member._replayed = set()
+            member.deliver = member._held.append
+        member._replays.append(request)
+        if before is None:
+            d = self.history.recent(room.key, limit)
+        else:
+            d = self.history.before(room.key, before, limit)
+
+        def arrived(rows):
+            request.rows = rows
+            self._release(member)
+
+        def failed(failure):
+            log.error("history: reading {room} failed: {error}", room=room.key,
+                      error=failure.getErrorMessage())
+            request.rows, request.failed = [], True
+            self._release(member)
+
+        d.addCallbacks(arrived, failed)
+
+    def _release(self, member: Member) -> None:
+        replays = member._replays
+        if replays is None:
+            return  # disconnected meanwhile
+        replayed = member._replayed
+        live = member._live
+        while replays and replays[0].rows is not None:
+            request = replays.pop(0)
+            if request.on_join and member.room is not request.room:
+                continue  # it moved on before its join replay arrived
+            if request.failed:
+                live(error("history-unavailable", "the history could not be read"))
+                continue
+            for row in request.rows:
+                replayed.add(row.id)
+                live(_history_event(request.room, row))
+            if request.rows or not request.on_join:
+                fields = {"room": request.room.name, "count": len(request.rows),
+                          "limit": request.limit}
+                if request.rows:
+                    fields["oldest"] = request.rows[0].id
+                live(Event("history-end", fields))
+        if replays:
+            return
+        held = member._held
+        member.deliver = live
+        member._replays = member._held = member._live = member._replayed = None
+        for event in held:
+            if event.type == "message" and event.fields.get("id") in replayed:
+                continue
+            live(event)
 
     # -- internals -----------------------------------------------------------
 
@@ -297,12 +545,21 @@ class Hub:
         event = Event.timed("part", self.clock(), room=room.name, nick=member.nick,
                             ts=None, reason=reason)
         if presence.batched(self, room):
-            member.deliver(event)  # the leaver's own part; the room's in a batch
+            self.send(member, event)  # the leaver's own part; the room's in a batch
             presence.left(self, room, member.nick)
         else:
-            room.broadcast(event)  # the leaver included
+            self._broadcast(room, event)  # the leaver included
         fanout.catch_up(member)  # what it is owed, up to its own part
+        room.changing()
         del room.members[member]
         member.room = None
         if not room.members and room.key != fold(self.default_room):
             del self.rooms[room.key]
+
+
+def _history_event(room: Room, row) -> Event:
+    fields = {"id": row.id, "ts": None, "room": room.name, "nick": row.nick, "text": row.text}
+    if row.action:
+        fields["action"] = True
+    fields["history"] = True
+    return Event.timed("message", row.t, **fields)

@@ -249,6 +249,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             hub.private(member, command.arg, command.text)
         elif name == "who":
             hub.who(member, command.arg)
+        elif name == "history":
+            hub.history_page(member, command.count, command.before)
         elif name == "rooms":
             hub.list_rooms(member)
         elif name == "mode":
@@ -259,7 +261,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             else:
                 self.deliver(events.info("mode text"))
         elif name == "ping":
-            self.deliver(Event("pong", {"token": command.text}))
+            # In order: a pong follows the echoes of messages sent before it
+            # and any history replay asked for before it.
+            hub.send(member, Event("pong", {"token": command.text}))
         elif name == "help":
             for line in HELP:
                 self.deliver(events.info(line))

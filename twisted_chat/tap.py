@@ -14,7 +14,10 @@ from . import limits, presence
 from .auth import Accounts
 from .commands import valid_room
 from .errors import ChatError
-from .hub import Hub
+from .history import HISTORY_CAP, HistoryError
+from .history import schema as history_schema
+from .history.sqlite import SQLiteHistory
+from .hub import DEFAULT_REPLAY, Hub
 from .protocol import DEFAULT_MAX_LINE, ChatFactory, ChatService
 
 DEFAULT_PORT = "tcp:5000"
@@ -74,6 +77,15 @@ class Options(AuthOptionMixin, usage.Options):
         ["shutdown-timeout", None, limits.DEFAULT_SHUTDOWN_TIMEOUT,
          "Seconds clients get to read their bye at shutdown before connections are cut.",
          float],
+        # History (docs/operations.rst, "Message history").
+        ["db", None, "chat.sqlite",
+         "SQLite file keeping the message history (created if missing); "
+         "':memory:' keeps history in memory only, lost at exit."],
+        ["history", None, DEFAULT_REPLAY,
+         f"Messages of a room replayed to a joiner (0 to {HISTORY_CAP}; 0: none).", int],
+        ["history-days", None, None,
+         "Delete messages older than this many days (checked hourly). "
+         "Default: keep everything.", float],
         ["guests", None, None,
          "yes|no: may connections that have not logged in chat? "
          "Default: yes without --auth, no with it."],
@@ -127,6 +139,15 @@ class Options(AuthOptionMixin, usage.Options):
         self["guests"] = _guests(self["guests"], bool(self.get("credCheckers")))
         if self["max-line"] < 64:
             raise usage.UsageError("--max-line must be at least 64 bytes")
+        if not 0 <= self["history"] <= HISTORY_CAP:
+            raise usage.UsageError(f"--history must be between 0 and {HISTORY_CAP}")
+        days = self["history-days"]
+        if days is not None and not days > 0:  # also refuses NaN
+            raise usage.UsageError("--history-days must be a positive number of days")
+        try:
+            history_schema.check(self["db"])
+        except HistoryError as e:
+            raise usage.UsageError(f"cannot use --db {self['db']}: {e}")
 
 
 def _guests(value, have_accounts: bool) -> bool:
@@ -169,12 +190,16 @@ def makeService(options) -> service.IService:
 
     checkers = options.get("credCheckers")
     accounts = Accounts(checkers, reactor) if checkers else None
+    store = _HistoryStore(options["db"], clock=reactor,
+                          retention_days=options["history-days"])
     hub = Hub(
         server_name=options["server-name"],
         motd=options["motd"],
         default_room=options["default-room"],
         reserved=accounts.reserved if accounts else None,
         guests=options["guests"],
+        history=store,
+        replay=options["history"],
     )
     hub.presence_threshold = options["presence-threshold"]
     hub.presence_interval = options["presence-interval"]
@@ -186,7 +211,7 @@ def makeService(options) -> service.IService:
     )
     factory.limits.max_clients = _check_descriptors(options["max-clients"],
                                                     options["listen-backlog"])
-    top = ChatService(factory, options["shutdown-timeout"])
+    top = _HistoryChatService(factory, options["shutdown-timeout"], store)
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
     return top
@@ -223,3 +248,36 @@ def _check_somaxconn(listen_backlog):
         log.info("listen backlog {n} is capped by the kernel at {cap} "
                  "(net.core.somaxconn); clients beyond it retry their SYN",
                  n=listen_backlog, cap=cap)
+
+
+class _HistoryStore(SQLiteHistory):
+    """The store as twistd runs it: an unusable database ends the process
+    with one clear log line and exit status 1, not a traceback."""
+
+    def startService(self):
+        try:
+            super().startService()
+        except HistoryError as e:
+            log.critical("cannot use --db {path}: {reason}", path=self.path, reason=e)
+            raise SystemExit(1)
+        where = "in memory only" if self.path == history_schema.MEMORY else self.path
+        log.info("history: {where}", where=where)
+
+
+class _HistoryChatService(ChatService):
+    """The chat service around its history store: the store opens before
+    the listeners start, and closes (having written what is pending) after
+    they have stopped and the clients are gone."""
+
+    def __init__(self, factory, shutdown_timeout, store):
+        super().__init__(factory, shutdown_timeout)
+        self.store = store
+
+    def startService(self):
+        self.store.startService()
+        super().startService()
+
+    def stopService(self):
+        d = super().stopService()
+        d.addBoth(lambda _: self.store.stopService())
+        return d
