@@ -23,8 +23,12 @@ class HistoryServerTestCase(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.db = os.path.join(self.dir, "chat.sqlite")
 
+    # The tests send faster than a person may: no rate limit, and room for
+    # clients that read a flood's echoes later.
+    unlimited = ("--rate", "0", "--max-backlog", str(64 << 20))
+
     def start(self, *args):
-        server = ChatServer(*args, directory=self.dir).start()
+        server = ChatServer(*self.unlimited, *args, directory=self.dir).start()
         self.addCleanup(server.stop)
         return server
 
