@@ -211,6 +211,10 @@ class ReconnectWindowTests(WindowTestCase):
         carol.send("/join dev")
         names = carol.expect_event("names", room="dev")
         self.assertEqual(sorted(names["nicks"]), ["alice", "bob", "carol"])
+        # Joining, carol is replayed dev's history (alice's queued line) first.
+        replayed = carol.expect_event("message", history=True)
+        self.assertEqual(replayed["text"], "typed while the server was down")
+        carol.expect_event("history-end", room="dev")
         # And they keep chatting, window to window.
         bob.say("welcome back")
         alice.wait_for(has_line("<bob> welcome back", "other"), "bob's line in alice's window")

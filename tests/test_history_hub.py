@@ -207,6 +207,28 @@ class ReplayTests(HistoryHubTestCase):
                     if e["type"] == "message"]
         self.assertEqual(messages, [("m1", True), ("m2", True)])
 
+    def test_moving_on_while_a_replay_is_awaited_keeps_the_stream_in_order(self):
+        alice = self.connect("alice")
+        alice.send(b"/join dev\n")
+        self.say(alice, "in dev")
+        self.say(alice, "more")
+        self.commit()
+        alice.send(b"/join lobby\n")
+        self.say(alice, "in lobby")
+        self.commit()
+        bob = Conn(self.factory, self.clock, 3)
+        bob.send(b"/mode json\n")
+        bob.lines()
+        bob.send(b"/nick bob\n/join dev\n/ping x\n")  # the lobby read is still queued
+        self.commit()
+        got = [(e["type"], e.get("room"), e.get("text")) for e in bob.events()]
+        self.assertEqual(got, [
+            ("nick", None, None), ("join", "lobby", None), ("names", "lobby", None),
+            ("message", "lobby", "in lobby"), ("history-end", "lobby", None),
+            ("part", "lobby", None), ("join", "dev", None), ("names", "dev", None),
+            ("message", "dev", "in dev"), ("message", "dev", "more"),
+            ("history-end", "dev", None), ("pong", None, None)])
+
     def test_empty_room_replays_nothing(self):
         bob = self.connect_pending("bob")
         self.commit()

@@ -287,11 +287,18 @@ class CrashTests(HistoryServerTestCase):
         acked = {c: [] for c in senders}  # (id, text) in arrival order
 
         def blast(client, nick):
+            # A socket object of its own: the reading thread keeps changing
+            # the client socket's timeout, which would cut sendall short.
+            out = client.sock.dup()
+            out.settimeout(60)
             try:
                 for start in range(0, per_sender, 100):
-                    client.send(*(f"{nick} says {i}" for i in range(start, start + 100)))
+                    out.sendall("".join(f"{nick} says {i}\r\n"
+                                        for i in range(start, start + 100)).encode())
             except OSError:
                 pass  # the server is gone: the rest was never sent
+            finally:
+                out.close()
 
         threads = [threading.Thread(target=blast, args=(c, c_nick), daemon=True)
                    for c, c_nick in zip(senders, ("alice", "bob", "carol"))]

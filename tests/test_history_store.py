@@ -110,6 +110,20 @@ class GroupCommitTests(StoreTestCase):
         self.assertEqual(acked, [("first", 1), (0, 2), (1, 3), (2, 4)])
         self.assertEqual(runner.jobs, [])
 
+    def test_a_flood_is_written_in_bounded_batches_in_order(self):
+        self.patch(store_module, "MAX_BATCH", 3)
+        store, runner = self.open()
+        acked = []
+        for i in range(7):
+            store.append(message(f"m{i}"), acked.append)
+        self.clock.advance(0)
+        sizes = []
+        while runner.jobs:
+            sizes.append(len(runner.jobs[0][1][0]))
+            runner.run_one()
+        self.assertEqual(sizes, [3, 3, 1])
+        self.assertEqual(acked, list(range(1, 8)))
+
     def test_ids_survive_reopening_and_pruning_never_reuses_them(self):
         store, runner = self.open()
         acked = []

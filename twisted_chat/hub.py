@@ -39,7 +39,7 @@ class Member:
     """One connection's identity in the hub."""
 
     __slots__ = ("nick", "key", "room", "echo", "deliver", "account", "direct", "sink",
-                 "gone", "_live", "_held", "_replays", "_replayed", "__weakref__")
+                 "gone", "_live", "_held", "_replayed", "__weakref__")
 
     def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None):
         self.nick = nick
@@ -57,11 +57,10 @@ class Member:
         self.sink = sink
         self.gone = False  # disconnected: queued events skip it
         # While history is being fetched for this member, ``deliver`` is
-        # swapped for ``_held.append`` so live events wait behind the replay;
+        # swapped for one that queues events in ``_held`` behind the fetch;
         # ``_live`` keeps the real one. See Hub._replay.
         self._live = None
-        self._held: Optional[list] = None
-        self._replays: Optional[List["_Replay"]] = None
+        self._held: Optional[deque] = None  # of Event and _Replay
         self._replayed: Optional[set] = None  # ids replayed while holding
 
     @property
@@ -220,10 +219,10 @@ class Hub:
         if self.members.get(member.key) is member:
             del self.members[member.key]
         member.gone = True
-        if member._replays is not None:
+        if member._held is not None:
             # Pending replays are moot, and so is what was held for it.
             member.deliver = member._live
-            member._replays = member._held = member._live = member._replayed = None
+            member._held = member._live = member._replayed = None
 
     # -- commands ------------------------------------------------------------
 
@@ -459,22 +458,29 @@ class Hub:
 
     def _replay(self, member: Member, room: Room, on_join: bool, limit: int,
                 before: Optional[int] = None) -> None:
-        """Fetch history for ``member`` and deliver it before any later event.
+        """Fetch history for ``member``; deliver it at this point of its stream.
 
-        Until every pending fetch of this member has arrived, events for it
-        are held; then the replayed messages go out (``history: true``), a
-        ``history-end`` marker, and the held events, minus messages the
-        replay already contained (one stored while the fetch was queued can
-        be in both).
+        From now until the fetch has arrived, events for the member are held
+        (``deliver`` is swapped), in order, with the fetch as a placeholder;
+        then the replayed messages (``history: true``) and a ``history-end``
+        take the placeholder's place, and the held events follow, minus
+        messages the replay already contained (a message stored while the
+        fetch was queued can be in both).
         """
         if member.gone:
             return
         request = _Replay(room, on_join, limit, before)
-        if member._replays is None:
-            member._replays, member._held, member._live = [], [], member.deliver
-            member._replayed = set()
-            member.deliver = member._held.append
-        member._replays.append(request)
+        _catch_up(member)  # room events owed so far come before the replay
+        if member._held is None:
+            held = member._held = deque()
+            member._live, member._replayed = member.deliver, set()
+
+            def hold(event):
+                _catch_up(member)  # keeps room events and direct ones in order
+                held.append(event)
+
+            member.deliver = hold
+        member._held.append(request)
         if before is None:
             d = self.history.recent(room.key, limit)
         else:
@@ -493,36 +499,40 @@ class Hub:
         d.addCallbacks(arrived, failed)
 
     def _release(self, member: Member) -> None:
-        replays = member._replays
-        if replays is None:
-            return  # disconnected meanwhile
-        replayed = member._replayed
-        live = member._live
-        while replays and replays[0].rows is not None:
-            request = replays.pop(0)
-            if request.on_join and member.room is not request.room:
-                continue  # it moved on before its join replay arrived
-            if request.failed:
-                live(error("history-unavailable", "the history could not be read"))
-                continue
-            for row in request.rows:
-                replayed.add(row.id)
-                live(_history_event(request.room, row))
-            if request.rows or not request.on_join:
-                fields = {"room": request.room.name, "count": len(request.rows),
-                          "limit": request.limit}
-                if request.rows:
-                    fields["oldest"] = request.rows[0].id
-                live(Event("history-end", fields))
-        if replays:
-            return
+        """Deliver what is held for ``member``, up to a fetch still awaited."""
         held = member._held
+        if held is None:
+            return  # disconnected meanwhile
+        replayed, live = member._replayed, member._live
+        while held:
+            item = held[0]
+            if isinstance(item, _Replay):
+                if item.rows is None:
+                    return  # still waiting for this one
+                held.popleft()
+                self._deliver_replay(live, item, replayed)
+            else:
+                held.popleft()
+                if item.type == "message" and item.fields.get("id") in replayed:
+                    continue
+                live(item)
         member.deliver = live
-        member._replays = member._held = member._live = member._replayed = None
-        for event in held:
-            if event.type == "message" and event.fields.get("id") in replayed:
-                continue
-            live(event)
+        member._held = member._live = member._replayed = None
+
+    @staticmethod
+    def _deliver_replay(live, request: "_Replay", replayed: set) -> None:
+        if request.failed:
+            live(error("history-unavailable", "the history could not be read"))
+            return
+        for row in request.rows:
+            replayed.add(row.id)
+            live(_history_event(request.room, row))
+        if request.rows or not request.on_join:
+            fields = {"room": request.room.name, "count": len(request.rows),
+                      "limit": request.limit}
+            if request.rows:
+                fields["oldest"] = request.rows[0].id
+            live(Event("history-end", fields))
 
     # -- internals -----------------------------------------------------------
 
@@ -555,6 +565,12 @@ class Hub:
         member.room = None
         if not room.members and room.key != fold(self.default_room):
             del self.rooms[room.key]
+
+
+def _catch_up(member: Member) -> None:
+    room = member.room
+    if room is not None and room.batch is not None:
+        fanout.catch_up(member)
 
 
 def _history_event(room: Room, row) -> Event:

@@ -27,6 +27,11 @@ from zope.interface import implementer
 from . import schema
 from .interface import HistoryError, IHistoryStore, StoredMessage
 
+# Most messages in one transaction. A flood can accept messages faster than
+# the reactor delivers them; capping the batch keeps each batch's callbacks
+# (the echoes and broadcasts) a short stretch of reactor time, so output keeps
+# flowing instead of arriving in one huge burst after a long silence.
+MAX_BATCH = 2000
 PRUNE_CHUNK = 5000  # rows per pruning transaction: writes interleave between chunks
 PRUNE_INTERVAL = 3600.0  # seconds between retention passes
 
@@ -140,8 +145,12 @@ class SQLiteHistory(Service):
         self._flush_call = None
         if self._writing or not self._rows:
             return
-        rows, callbacks = self._rows, self._callbacks
-        self._rows, self._callbacks = [], []
+        if len(self._rows) <= MAX_BATCH:
+            rows, callbacks = self._rows, self._callbacks
+            self._rows, self._callbacks = [], []
+        else:
+            rows, callbacks = self._rows[:MAX_BATCH], self._callbacks[:MAX_BATCH]
+            del self._rows[:MAX_BATCH], self._callbacks[:MAX_BATCH]
         self._writing = True
         d = self._runner(self._write, rows)
         d.addCallbacks(self._written, self._write_failed,
@@ -183,7 +192,7 @@ class SQLiteHistory(Service):
         self._writing = False
         if self._rows:
             # Messages accepted while the last batch was being written: the
-            # next batch goes at once, no need to wait another turn.
+            # next batch goes at once (the reactor does its I/O meanwhile).
             self._flush()
         elif self._idle:
             waiters, self._idle = self._idle, []
