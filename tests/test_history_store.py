@@ -124,6 +124,35 @@ class GroupCommitTests(StoreTestCase):
         self.assertEqual(sizes, [3, 3, 1])
         self.assertEqual(acked, list(range(1, 8)))
 
+    def test_batches_are_bounded_in_bytes_too(self):
+        self.patch(store_module, "MAX_BATCH_BYTES", 1000)
+        store, runner = self.open()
+        for i in range(5):
+            store.append(message("x" * 400), lambda _: None)
+        self.clock.advance(0)
+        sizes = []
+        while runner.jobs:
+            sizes.append(len(runner.jobs[0][1][0]))
+            runner.run_one()
+        self.assertEqual(sizes, [3, 2])  # 3 x (400 + 64) >= 1000
+
+    def test_input_is_paused_while_too_much_waits_for_the_writer(self):
+        self.patch(store_module, "HIGH_WATER", 4)
+        self.patch(store_module, "LOW_WATER", 2)
+        self.patch(store_module, "MAX_BATCH", 2)
+        store, runner = self.open()
+        calls = []
+        store.on_pressure(lambda: calls.append("pause"), lambda: calls.append("resume"))
+        for i in range(6):
+            store.append(message(f"m{i}"), lambda _: None)
+        self.assertEqual(calls, ["pause"])  # once, past 4 waiting
+        self.clock.advance(0)
+        runner.run_one()  # 2 written, 4 wait: still paused
+        self.assertEqual(calls, ["pause"])
+        runner.run_one()  # 2 wait now: resume
+        self.assertEqual(calls, ["pause", "resume"])
+        runner.run_all()
+
     def test_ids_survive_reopening_and_pruning_never_reuses_them(self):
         store, runner = self.open()
         acked = []

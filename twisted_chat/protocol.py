@@ -62,6 +62,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             return
         self._admitted = True
         factory.connections.add(self)
+        if factory.input_paused:
+            self.transport.pauseProducing()
         _tune_socket(self.transport)
         self.output = limits.BoundedOutput(self.transport, factory.max_backlog, self._too_slow)
         self.bucket = limits.TokenBucket(factory.rate, factory.burst, factory.clock)
@@ -397,6 +399,7 @@ class ChatFactory(Factory):
         self._rooms = []  # rooms with a batch to flush this turn
         self._flush_call = None
         self._closed_all = None  # Deferred of a shutdown in progress
+        self.input_paused = False  # see pause_input
         hub.schedule = self.dirty_room
         hub.call_later = clock.callLater  # presence batching's interval timer
 
@@ -421,6 +424,18 @@ class ChatFactory(Factory):
         dirty, self._dirty = self._dirty, []
         for proto in dirty:
             proto.flush()
+
+    def pause_input(self):
+        """Stop reading from every connection: the history store is behind
+        (it calls this through its ``on_pressure``) and catches up meanwhile."""
+        self.input_paused = True
+        for proto in self.connections:
+            proto.transport.pauseProducing()
+
+    def resume_input(self):
+        self.input_paused = False
+        for proto in list(self.connections):
+            proto.transport.resumeProducing()
 
     def connection_closed(self, proto):
         self.connections.discard(proto)

@@ -211,6 +211,7 @@ def makeService(options) -> service.IService:
     )
     factory.limits.max_clients = _check_descriptors(options["max-clients"],
                                                     options["listen-backlog"])
+    store.on_pressure(factory.pause_input, factory.resume_input)
     top = _HistoryChatService(factory, options["shutdown-timeout"], store)
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)

@@ -27,11 +27,17 @@ from zope.interface import implementer
 from . import schema
 from .interface import HistoryError, IHistoryStore, StoredMessage
 
-# Most messages in one transaction. A flood can accept messages faster than
-# the reactor delivers them; capping the batch keeps each batch's callbacks
-# (the echoes and broadcasts) a short stretch of reactor time, so output keeps
-# flowing instead of arriving in one huge burst after a long silence.
+# Most messages, and most bytes of text, in one transaction. A batch's
+# callbacks (the echoes and broadcasts) run in one reactor turn, so the batch
+# is also the burst every member receives at once: capped near what one turn
+# of reading brings without history (64 KiB a connection), output stays smooth
+# and a reader that keeps up is never mistaken for a slow consumer.
 MAX_BATCH = 2000
+MAX_BATCH_BYTES = 64 * 1024
+# Back-pressure: when this many messages wait for the writer, input is paused
+# (``on_pressure``) until the backlog is down to LOW_WATER.
+HIGH_WATER = 20000
+LOW_WATER = 5000
 PRUNE_CHUNK = 5000  # rows per pruning transaction: writes interleave between chunks
 PRUNE_INTERVAL = 3600.0  # seconds between retention passes
 
@@ -86,6 +92,8 @@ class SQLiteHistory(Service):
         self._writing = False
         self._idle: List[Deferred] = []  # drain() waiters
         self._pruner = None
+        self._pressure = None  # (pause, resume) callables
+        self._paused = False
 
     # -- service life ----------------------------------------------------------
 
@@ -133,10 +141,20 @@ class SQLiteHistory(Service):
 
     # -- writing ---------------------------------------------------------------
 
+    def on_pressure(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Call ``pause()`` when too many messages wait for the writer, and
+        ``resume()`` when it has caught up (the server stops reading input)."""
+        self._pressure = (pause, resume)
+
     def append(self, record: dict, done: Callable[[int], None],
                failed: Optional[Callable[[], None]] = None) -> None:
         self._rows.append(_row(record))
         self._callbacks.append((done, failed))
+        if len(self._rows) > HIGH_WATER and not self._paused and self._pressure:
+            self._paused = True
+            self.log.info("history: {n} messages wait for the disk; pausing input",
+                          n=len(self._rows))
+            self._pressure[0]()
         if self._flush_call is None and not self._writing:
             # End of this reactor turn: everything appended until then is one batch.
             self._flush_call = self.clock.callLater(0, self._flush)
@@ -145,12 +163,18 @@ class SQLiteHistory(Service):
         self._flush_call = None
         if self._writing or not self._rows:
             return
-        if len(self._rows) <= MAX_BATCH:
+        count, size = 0, 0
+        for row in self._rows:
+            count += 1
+            size += len(row[5]) + 64  # text plus the event's framing
+            if count >= MAX_BATCH or size >= MAX_BATCH_BYTES:
+                break
+        if count == len(self._rows):
             rows, callbacks = self._rows, self._callbacks
             self._rows, self._callbacks = [], []
         else:
-            rows, callbacks = self._rows[:MAX_BATCH], self._callbacks[:MAX_BATCH]
-            del self._rows[:MAX_BATCH], self._callbacks[:MAX_BATCH]
+            rows, callbacks = self._rows[:count], self._callbacks[:count]
+            del self._rows[:count], self._callbacks[:count]
         self._writing = True
         d = self._runner(self._write, rows)
         d.addCallbacks(self._written, self._write_failed,
@@ -190,6 +214,9 @@ class SQLiteHistory(Service):
 
     def _batch_over(self, _):
         self._writing = False
+        if self._paused and len(self._rows) <= LOW_WATER:
+            self._paused = False
+            self._pressure[1]()
         if self._rows:
             # Messages accepted while the last batch was being written: the
             # next batch goes at once (the reactor does its I/O meanwhile).
