@@ -15,6 +15,9 @@ def plot(results, path):
     styles = {"ours": ("tab:blue", "o-"), "bare": ("tab:gray", "s--")}
     for col, (name, sc) in enumerate(scenarios.items()):
         top, bottom = axes[0][col], axes[1][col]
+        if not sc.get("sweep", True):
+            _bars(top, bottom, sc, styles)
+            continue
         for kind, r in sc["results"].items():
             steps = r.get("steps") or []
             if not steps:
@@ -40,3 +43,22 @@ def plot(results, path):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _bars(top, bottom, sc, styles):
+    """A fixed-rate scenario: one bar per server for deliveries/s and p99."""
+    kinds = [k for k, r in sc["results"].items() if r.get("steps")]
+    last = [sc["results"][k]["steps"][-1] for k in kinds]
+    colors = [styles.get(k, ("tab:red",))[0] for k in kinds]
+    top.bar(kinds, [s["deliveries_per_s"] / 1e6 for s in last], color=colors)
+    top.set_title(f"{sc['members']} members, {sc['rate']:.0f} msgs/s")
+    top.set_ylabel("delivered (M lines/s)")
+    bottom.bar(kinds, [s["p99_ms"] for s in last], color=colors)
+    bottom.set_ylabel("p99 latency (ms)")
+    bottom.axhline(250, color="red", lw=0.8, ls=":")
+    for ax, values, fmt in ((top, [100 * s["delivery"] for s in last], "{:.1f}%"),
+                            (bottom, [s["p99_ms"] for s in last], "{:.0f} ms")):
+        for x, v in enumerate(values):
+            ax.annotate(fmt.format(v), (x, 0), xytext=(0, 3), textcoords="offset points",
+                        ha="center", fontsize=8, color="white")
+        ax.grid(True, axis="y", alpha=0.3)
