@@ -65,58 +65,89 @@ def fmt_step(kind, s):
             f"{'' if s['ok'] else '  FAIL'}")
 
 
-def measure(kind, sc, args, out):
-    """Start one server, connect the members, then run the steps; return its results."""
-    server = (OurServer(args.server_arg) if kind == "ours" else BareServer()).start()
-    gen = None
-    result = {"server": kind, "steps": []}
-    try:
+class Subject:
+    """One server under measurement, with its own members (a LoadGenerator)."""
+
+    def __init__(self, kind, sc, args, out):
+        self.kind, self.sc, self.args, self.out = kind, sc, args, out
+        self.server = self.gen = None
+        self.result = {"server": kind, "steps": []}
+        self.retries = args.retries
+        self.active = False
+
+    def setup(self):
+        kind, sc, args = self.kind, self.sc, self.args
+        server = self.server = (OurServer(args.server_arg) if kind == "ours"
+                                else BareServer()).start()
         rss_empty = server.status("VmRSS") or 0
-        gen = LoadGenerator(sc["members"], sc["senders"],
-                            workers=args.workers or sc.get("workers", 1), probes=args.probes)
+        gen = self.gen = LoadGenerator(sc["members"], sc["senders"],
+                                       workers=args.workers or sc.get("workers", 1),
+                                       probes=args.probes)
         with RSSSampler(server) as sampler:
             conn = gen.connect(server.port, rate=args.connect_rate, register=(kind == "ours"),
                                timeout=args.connect_timeout)
         gen.settle(timeout=args.connect_timeout)
         rss_idle = server.status("VmRSS") or 0
-        result.update(
+        self.result.update(
             connect_seconds=conn["seconds"], registered=conn["registered"],
             connect_errors=conn["errors"], rss_empty_kb=rss_empty, rss_idle_kb=rss_idle,
             rss_connect_peak_kb=sampler.peak,
             kb_per_idle_connection=(rss_idle - rss_empty) / max(conn["registered"], 1),
         )
-        out(f"  {kind:>4} connect: {conn['registered']}/{sc['members']} registered in "
-            f"{conn['seconds']:.2f} s at {args.connect_rate:.0f}/s offered; "
-            f"idle RSS {rss_idle / 1024:.0f} MB "
-            f"({result['kb_per_idle_connection']:.1f} KB per connection)")
-        if conn["registered"] < sc["members"]:
-            out(f"  {kind:>4} not every member registered; skipping its runs")
-            return result
-        rate = sc["rate"]
-        duration = args.duration or sc.get("duration", 2.0)
-        retried = False
+        self.out(f"  {kind:>4} connect: {conn['registered']}/{sc['members']} registered in "
+                 f"{conn['seconds']:.2f} s at {args.connect_rate:.0f}/s offered; "
+                 f"idle RSS {rss_idle / 1024:.0f} MB "
+                 f"({self.result['kb_per_idle_connection']:.1f} KB per connection)")
+        self.active = conn["registered"] == sc["members"]
+        if not self.active:
+            self.out(f"  {kind:>4} not every member registered; skipping its runs")
+
+    def step(self, rate, duration):
+        """One step at ``rate``; False once this server's sweep is over."""
+        server, gen, sc = self.server, self.gen, self.sc
         while True:
             cpu0 = server.cpu_seconds()
             with RSSSampler(server) as sampler:
-                raw = gen.run(rate, duration, pad=args.pad)
-            step = summarize(raw, rate, duration, server.cpu_seconds() - cpu0,
-                             sampler.peak)
-            out(fmt_step(kind, step))
-            if not step["ok"] and sc["sweep"] and not retried and args.retries:
-                retried = True  # a shared machine has hiccups: one retry per sweep
-                gen.settle(timeout=10)
+                raw = gen.run(rate, duration, pad=self.args.pad)
+            step = summarize(raw, rate, duration, server.cpu_seconds() - cpu0, sampler.peak)
+            self.out(fmt_step(self.kind, step))
+            gen.settle(quiet=0.3, timeout=10)
+            if not step["ok"] and sc["sweep"] and self.retries > 0:
+                self.retries -= 1  # a shared machine has hiccups
                 continue
-            result["steps"].append(step)
-            if not sc["sweep"] or not step["ok"] or rate >= args.max_rate:
+            break
+        self.result["steps"].append(step)
+        self.result["rss_hwm_kb"] = server.status("VmHWM")
+        self.active = sc["sweep"] and step["ok"]
+        return self.active
+
+    def close(self):
+        if self.gen is not None:
+            self.gen.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def measure(kinds, sc, args, out):
+    """Both servers up and connected, then the steps interleaved: at each rate
+    one step on each, so that a noisy stretch of the machine hits both."""
+    subjects = [Subject(kind, sc, args, out) for kind in kinds]
+    try:
+        for subject in subjects:
+            subject.setup()
+        rate = sc["rate"]
+        duration = args.duration or sc.get("duration", 2.0)
+        while any(s.active for s in subjects):
+            for subject in subjects:
+                if subject.active:
+                    subject.step(rate, duration)
+            if rate >= args.max_rate:
                 break
             rate *= args.factor
-            gen.settle(timeout=10)
-        result["rss_hwm_kb"] = server.status("VmHWM")
     finally:
-        if gen is not None:
-            gen.close()
-        server.stop()
-    return result
+        for subject in subjects:
+            subject.close()
+    return {s.kind: s.result for s in subjects}
 
 
 def max_sustained(result):
@@ -178,7 +209,8 @@ def main(argv=None):
                    help="seconds per step (default: 2, or 5 for the fixed-rate 10k scenario)")
     p.add_argument("--factor", type=float, default=1.5, help="sweep: rate multiplier (1.5)")
     p.add_argument("--max-rate", type=float, default=1e6, help="sweep: stop at this rate")
-    p.add_argument("--retries", type=int, default=1, help="sweep: retry one failed step (1)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="sweep: failed steps retried per server (2)")
     p.add_argument("--workers", type=int,
                    help="load generator processes (default: 1, or 2 for the 10k scenario)")
     p.add_argument("--probes", type=int, default=16,
@@ -215,9 +247,7 @@ def main(argv=None):
             + (f"sweep from {sc['rate']:.0f} msgs/s x{args.factor}" if sc["sweep"]
                else f"{sc['rate']:.0f} msgs/s")
             + f", {args.duration or sc.get('duration', 2.0):.0f} s steps")
-        results = {}
-        for kind in kinds:
-            results[kind] = measure(kind, sc, args, out)
+        results = measure(kinds, sc, args, out)
         report(name, sc, results, out)
         everything["scenarios"][name] = dict(sc, results=results)
     out(f"== done in {time.time() - started:.0f} s")
