@@ -115,7 +115,7 @@ class GuestsAllowedTests(AccountServerTestCase):
         self.assertIn("too many", other.expect_event("error")["message"])
         c.send("/ping done")
         c.expect_event("pong", token="done")
-        self.server.wait_for_log("login as bob from 127.0.0.1 refused")
+        self.server.wait_for_log("login as bob from 127.0.0.1 refused: too many failed logins$")
         self.server.stop()
         log = self.server.logtext()
         self.assertEqual(log.count("failed login as alice from 127.0.0.1"), 5)

@@ -241,7 +241,7 @@ class Accounts:
         refusal = self.limiter.begin(host)
         if refusal is not None:
             log.warn("login as {name} from {host} refused: {why}", name=name, host=host,
-                     why=refusal.split(";")[0])
+                     why=refusal.split(" from your address")[0])
             return defer.fail(ChatError("login-failed", refusal))
         credentials = UsernamePassword(name.encode("utf-8"), password.encode("utf-8"))
         d = self.portal.login(credentials, None, IChatAccount)
