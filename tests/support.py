@@ -58,7 +58,8 @@ class ChatServer:
             cmd, cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if self.port_spec is not None:
             line = self.wait_for_log(self.LISTENING, timeout)
             self.port = int(self.LISTENING.search(line).group(1))
@@ -123,6 +124,9 @@ class ChatServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 code = self.proc.wait()
+            # Let the reader drain to EOF first: closing the pipe under a
+            # reading thread makes it raise (PyMemoryView_FromBuffer).
+            self._reader.join(5)
             self.proc.stdout.close()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
