@@ -164,6 +164,25 @@ class ModelTests(ModelTestCase):
                      nick="bob", text="new server"))
         self.assertEqual(md.lines[-1].text, "new server")
 
+    def test_replayed_history_sits_above_a_new_messages_separator(self):
+        self.login()
+        md = self.model
+        md.handle(ev("message", id=3, ts="2026-11-23T18:02:00.000Z", room="lobby",
+                     nick="bob", text="yesterday", history=True))
+        md.handle(ev("history-end", room="lobby", count=1, limit=50, oldest=3))
+        md.handle(ev("message", id=4, ts="2026-11-24T04:31:00.000Z", room="lobby",
+                     nick="bob", text="today"))
+        kinds = [(line.kind, line.text, line.history) for line in md.lines[-3:]]
+        self.assertEqual(kinds, [(m.OTHER, "yesterday", True), (m.SEPARATOR, "new messages", False),
+                                 (m.OTHER, "today", False)])
+        # A replay of nothing new (a reconnect) adds no second separator.
+        md.handle(ev("message", id=4, ts="2026-11-24T04:31:00.000Z", room="lobby",
+                     nick="bob", text="today", history=True))
+        md.handle(ev("history-end", room="lobby", count=1, limit=50, oldest=4))
+        self.assertEqual(md.lines[-1].text, "today")
+        md.handle(ev("history-end", room="lobby", count=0, limit=50))
+        self.assertEqual(md.lines[-1].text, "no earlier messages in #lobby")
+
     def test_presence_batches_update_members(self):
         self.login(others=("bob", "carol"))
         md = self.model

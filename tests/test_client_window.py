@@ -325,3 +325,22 @@ def _end(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class HistoryWindowTests(WindowTestCase):
+    def test_replayed_history_above_a_new_messages_separator(self):
+        bob = self.peer("bob")
+        bob.send("said before alice came")
+        bob.expect_event("message", text="said before alice came")  # stored
+        alice = self.window("--nick", "alice")
+        state = alice.wait_for(has_line("new messages", "separator"), "the separator")
+        lines = state["lines"]
+        old = next(i for i, line in enumerate(lines) if "said before alice came" in line)
+        sep = next(i for i, line in enumerate(lines) if "new messages" in line)
+        self.assertLess(old, sep)
+        self.assertIn("history", state["tags"][old])
+        bob.send("said after")
+        state = alice.wait_for(has_line("<bob> said after", "other"), "the live line")
+        live = next(i for i, line in enumerate(state["lines"]) if "said after" in line)
+        self.assertGreater(live, sep)
+        self.assertNotIn("history", state["tags"][live])

@@ -28,6 +28,7 @@ PRIVATE = "private"  # /msg, to or from this user
 SYSTEM = "system"  # joins, parts, nick changes, names, info
 ERROR = "error"  # server errors, connection trouble
 UNSENT = "unsent"  # typed while disconnected: queued or dropped
+SEPARATOR = "separator"  # "new messages": replayed history above, live lines below
 
 # Changes announced to subscribers.
 LINE_ADDED = "line"
@@ -127,6 +128,7 @@ class ConversationModel:
         self.login_state: Optional[str] = None
         self._subscribers = []
         self._shown_ids = set()  # ids of messages shown, to skip replayed duplicates
+        self._history_shown = 0  # replayed messages shown since the last history-end
 
     # -- subscriptions -------------------------------------------------------
 
@@ -354,6 +356,8 @@ class ConversationModel:
             return
         nick, text, ts = _str(ev.get("nick")), _str(ev.get("text")), ev.get("ts")
         history = bool(ev.get("history"))
+        if history:
+            self._history_shown += 1
         mine = self.is_me(nick)
         if ev.get("action"):
             self.add_line(ACTION, f"* {nick}", text, ts, history, ev.get("id"))
@@ -361,6 +365,15 @@ class ConversationModel:
             self.add_line(OWN if mine else OTHER, f"<{nick}>", text, ts, history, ev.get("id"))
         if not mine:
             self._count_unread(ev)
+
+    def _on_history_end(self, ev):
+        # The server's replay is over: a separator between it and what is new,
+        # unless the replay showed nothing new (after a reconnect, say).
+        shown, self._history_shown = self._history_shown, 0
+        if shown:
+            self.add_line(SEPARATOR, "", "new messages")
+        elif ev.get("count") == 0:
+            self.system(f"no earlier messages in #{_str(ev.get('room'))}")
 
     def _on_private(self, ev):
         if self._replayed(ev):

@@ -155,6 +155,8 @@ class ChatView:
         log.tag_configure(m.ERROR, foreground="#c62828", font=f["bold"])
         log.tag_configure(m.UNSENT, foreground="#b26a00", font=f["italic"])
         log.tag_configure("history", foreground="#9a9a9a")
+        log.tag_configure(m.SEPARATOR, foreground="#1565c0", font=f["small"],
+                          justify="center")
         # Wrapped lines hang under the text, clear of the timestamp.
         log.tag_configure("body", lmargin2=f["small"].measure("[00:00] ") + 4)
         log.tag_lower("body")
