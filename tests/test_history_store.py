@@ -97,6 +97,31 @@ class GroupCommitTests(StoreTestCase):
         rows = sqlite3.connect(self.path).execute("SELECT id, text FROM messages").fetchall()
         self.assertEqual(rows, [(1, "m0"), (2, "m1"), (3, "m2")])
 
+    def test_without_sqlite_json_functions_rows_go_in_one_by_one(self):
+        store, runner = self.open()
+        self.assertTrue(store._json)  # this SQLite has them; pretend it has not
+        store._json = False
+        acked = []
+        for text in ("plain", "quote \" and ünïcode", "[1, 2]"):
+            store.append(message(text), acked.append)
+        self.clock.advance(0)
+        runner.run_all()
+        self.assertEqual(acked, [1, 2, 3])
+        self.assertEqual([m.text for m in self.read(store, runner, store.recent("lobby", 9))],
+                         ["plain", "quote \" and ünïcode", "[1, 2]"])
+
+    def test_texts_survive_the_json_batch_intact(self):
+        store, runner = self.open()
+        texts = ["tab\there", "emoji \U0001F600", "nul-free \\ backslash", "x" * 5000,
+                 "' OR 1=1; --"]
+        for text in texts:
+            store.append(message(text, action=True), lambda _: None)
+        self.clock.advance(0)
+        runner.run_all()
+        got = self.read(store, runner, store.recent("lobby", 9))
+        self.assertEqual([m.text for m in got], texts)
+        self.assertTrue(all(m.action for m in got))
+
     def test_messages_accumulate_while_a_batch_is_written(self):
         store, runner = self.open()
         acked = []
