@@ -14,7 +14,10 @@ shared; absolute numbers move, ratios much less):
             server reads them; the figure is lines delivered to the readers
             per second, with the history on (an SQLite file) and off (no
             store at all: the hub's MemoryHistory), alternating ``--rounds``
-            times. The server is ``twistd chat``'s own makeService, so every
+            times. ``--turn`` adds a third server whose store keeps nothing
+            but acknowledges at the end of the turn, as the real one does
+            after its commit: it separates the cost of the asynchronous
+            pipeline in the hub from the cost of SQLite. The server is ``twistd chat``'s own makeService, so every
             other feature is as in production (rate limits lifted).
 """
 
@@ -77,7 +80,8 @@ def store_run(total: int, burst: int, text_size: int, out) -> float:
 # -- fan-out -------------------------------------------------------------------
 
 def serve(argv):
-    """``bench serve on|off PORTFILE``: a chat server, history on or off."""
+    """``bench serve on|off|turn PORTFILE``: a chat server, history on or off
+    (or ``turn``: acknowledged at the end of the turn, nothing stored)."""
     mode, port_file = argv
     from twisted.internet import reactor
 
@@ -92,6 +96,9 @@ def serve(argv):
     if mode == "off":
         top.factory.hub.history = MemoryHistory()
         top.store = _NoStore()
+    elif mode == "turn":
+        top.factory.hub.history = _TurnHistory(reactor)
+        top.store = _NoStore()
     top.startService()
 
     def announce():
@@ -104,6 +111,35 @@ def serve(argv):
     reactor.callWhenRunning(announce)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
+
+
+class _TurnHistory:
+    """Acknowledges a turn's messages at the end of the turn; stores nothing."""
+
+    def __init__(self, reactor):
+        from ..hub import MemoryHistory
+
+        self._memory = MemoryHistory()
+        self._reactor = reactor
+        self._pending = []
+        self._call = None
+
+    def append(self, record, done, failed=None):
+        self._pending.append((record, done))
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        self._call = None
+        pending, self._pending = self._pending, []
+        for record, done in pending:
+            self._memory.append(record, done)
+
+    def recent(self, room, limit):
+        return self._memory.recent(room, limit)
+
+    def before(self, room, before_id, limit):
+        return self._memory.before(room, before_id, limit)
 
 
 class _NoStore:
@@ -188,7 +224,7 @@ def fanout_run(mode, members, messages, directory, out) -> float:
         if remaining:
             raise RuntimeError(f"{mode}: not every reader got every message")
         rate = messages * members / took
-        out(f"fanout history {mode:>3}: {messages} messages x {members} readers in "
+        out(f"fanout history {mode:>4}: {messages} messages x {members} readers in "
             f"{took:.2f} s = {rate:,.0f} deliveries/s ({messages / took:,.0f} messages/s); "
             f"server CPU {cpu:.2f} s")
         for s in readers + [sender]:
@@ -212,20 +248,27 @@ def main(argv=None):
     p.add_argument("--members", type=int, default=20, help="fanout: readers (20)")
     p.add_argument("--messages", type=int, default=20_000, help="fanout: messages (20000)")
     p.add_argument("--rounds", type=int, default=3, help="fanout: rounds of off+on (3)")
+    p.add_argument("--turn", action="store_true",
+                   help="fanout: also a server acknowledging per turn, storing nothing")
     args = p.parse_args(argv)
     if "store" in args.what:
         store_run(args.total, args.burst, args.size, print)
     if "fanout" in args.what:
         directory = tempfile.mkdtemp(prefix="chat-bench-")
         try:
-            results = {"off": [], "on": []}
+            modes = ("off", "turn", "on") if args.turn else ("off", "on")
+            results = {mode: [] for mode in modes}
             for _ in range(args.rounds):
-                for mode in ("off", "on"):
+                for mode in modes:
                     results[mode].append(
                         fanout_run(mode, args.members, args.messages, directory, print))
             off, on = statistics.median(results["off"]), statistics.median(results["on"])
             print(f"fanout median: history off {off:,.0f}, on {on:,.0f} deliveries/s; "
                   f"on/off = {on / off:.3f}")
+            if args.turn:
+                turn = statistics.median(results["turn"])
+                print(f"fanout median: acknowledged per turn, nothing stored {turn:,.0f} "
+                      f"deliveries/s; turn/off = {turn / off:.3f}")
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     return 0
