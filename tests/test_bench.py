@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_chat.bench import cli
+from twisted_chat.bench import cgen, cli
 from twisted_chat.bench.loadgen import LoadGenerator
 from twisted_chat.bench.servers import BareServer, OurServer
 
@@ -50,6 +50,51 @@ class LoadGeneratorTests(SynchronousTestCase):
         self.assertFalse(step["ok"])
         raw["received"] = 50
         self.assertTrue(cli.summarize(raw, 10, 1.0, 0.5, 1000)["ok"])
+
+
+class CLoadGeneratorTests(SynchronousTestCase):
+    """The optional C generator (cgen.c), compiled here with the real ``cc``."""
+
+    if cgen.compiler() is None:
+        skip = "no C compiler (cc) on PATH: the C load generator cannot be built"
+
+    def run_small(self, server, register):
+        server.start()
+        self.addCleanup(server.stop)
+        gen = cgen.CLoadGenerator(members=7, senders=3)
+        self.addCleanup(gen.close)
+        conn = gen.connect(server.port, rate=500, register=register, timeout=15)
+        self.assertEqual(conn, {"registered": 7, "seconds": conn["seconds"], "errors": 0})
+        gen.settle(quiet=0.2, timeout=10)
+        raw = gen.run(rate=40, duration=0.5, drain_quiet=0.3)
+        self.assertEqual(raw["sent"], 20)
+        self.assertEqual(raw["receivers"], 7)
+        self.assertEqual(raw["errors"], 0)
+        # text mode: each message reaches every member but its sender, and
+        # every receiver parses every stamp: one sample per delivery
+        self.assertEqual(raw["received"], 20 * 6)
+        self.assertEqual(len(raw["samples"]), 20 * 6)
+        self.assertTrue(all(0 <= us < 15_000_000 for us in raw["samples"]))
+        # a second run on the same connections counts afresh
+        raw = gen.run(rate=20, duration=0.5, drain_quiet=0.3)
+        self.assertEqual((raw["sent"], raw["received"]), (10, 10 * 6))
+
+    def test_our_server(self):
+        self.run_small(OurServer(), register=True)
+
+    def test_bare_baseline(self):
+        self.run_small(BareServer(), register=False)
+
+
+class CompilerMissingTests(SynchronousTestCase):
+    def test_no_compiler_is_a_clear_error(self):
+        old = os.environ.get("CC")
+        os.environ["CC"] = "/nonexistent/cc"
+        self.addCleanup(lambda: os.environ.pop("CC") if old is None
+                        else os.environ.__setitem__("CC", old))
+        self.assertIsNone(cgen.compiler())
+        with self.assertRaises(cgen.CompilerMissing):
+            cgen.CLoadGenerator(members=2, senders=1)
 
 
 class CommandLineTests(SynchronousTestCase):

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 
+from .cgen import CLoadGenerator, compiler
 from .loadgen import LoadGenerator
 from .servers import BareServer, OurServer, RSSSampler, raise_fd_limit
 
@@ -80,7 +81,7 @@ class Subject:
         server = self.server = (OurServer(args.server_arg) if kind == "ours"
                                 else BareServer()).start()
         rss_empty = server.status("VmRSS") or 0
-        gen = self.gen = LoadGenerator(sc["members"], sc["senders"],
+        gen = self.gen = args.generator_class(sc["members"], sc["senders"],
                                        workers=args.workers or sc.get("workers", 1),
                                        probes=args.probes)
         with RSSSampler(server) as sampler:
@@ -213,6 +214,10 @@ def main(argv=None):
                    help="sweep: failed steps retried per server (2)")
     p.add_argument("--workers", type=int,
                    help="load generator processes (default: 1, or 2 for the 10k scenario)")
+    p.add_argument("--generator", choices=("python", "c"), default="python",
+                   help="load generator: python (worker processes, the default) or c "
+                        "(one epoll process compiled from cgen.c with cc -O2; every "
+                        "receiver samples latency; falls back to python without cc)")
     p.add_argument("--probes", type=int, default=16,
                    help="connections that parse timestamps for latency (16)")
     p.add_argument("--pad", type=int, default=32, help="message filler bytes (32)")
@@ -223,6 +228,13 @@ def main(argv=None):
                    "(needs the `bench` extra: matplotlib)")
     args = p.parse_args(argv)
     raise_fd_limit()
+    args.generator_class = LoadGenerator
+    if args.generator == "c":
+        if compiler() is None:
+            print("no C compiler (cc, or $CC) on PATH: using the Python load generator",
+                  flush=True)
+        else:
+            args.generator_class = CLoadGenerator
 
     scenarios = {}
     if args.members:
@@ -241,12 +253,14 @@ def main(argv=None):
         print(line, flush=True)
 
     started = time.time()
-    everything = {"argv": sys.argv[1:], "scenarios": {}}
+    everything = {"argv": sys.argv[1:], "scenarios": {},
+                  "generator": "c" if args.generator_class is CLoadGenerator else "python"}
     for name, sc in scenarios.items():
         out(f"== scenario {name}: {sc['members']} members, {sc['senders']} senders, "
             + (f"sweep from {sc['rate']:.0f} msgs/s x{args.factor}" if sc["sweep"]
                else f"{sc['rate']:.0f} msgs/s")
-            + f", {args.duration or sc.get('duration', 2.0):.0f} s steps")
+            + f", {args.duration or sc.get('duration', 2.0):.0f} s steps, "
+            + ("C" if args.generator_class is CLoadGenerator else "Python") + " load generator")
         results = measure(kinds, sc, args, out)
         report(name, sc, results, out)
         everything["scenarios"][name] = dict(sc, results=results)

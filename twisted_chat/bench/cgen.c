@@ -1,0 +1,377 @@
+/* The optional C load generator (``python -m twisted_chat.bench --generator c``).
+ *
+ * Same members, same wire format and same phases as loadgen.py's Python
+ * workers, in one single-threaded epoll process, so that the generator's own
+ * CPU stops dominating the latency it measures. Driven by
+ * twisted_chat/bench/cgen.py over stdin/stdout, one command a line, one JSON
+ * answer a line:
+ *
+ *   connect PORT RATE REGISTER TIMEOUT    -> {"registered":..,"seconds":..,"errors":..}
+ *   settle QUIET TIMEOUT                  -> {"seconds":..}
+ *   run RATE DURATION PAD QUIET MAX FILE  -> {"sent":..,"received":..,...}
+ *   quit
+ *
+ * Usage: cgen MEMBERS SENDERS. Senders are members 0, step, 2*step, ... with
+ * step = MEMBERS / SENDERS (as loadgen.py). Every receiving connection parses
+ * the send stamp of every line (C is cheap), so latency is sampled from all
+ * deliveries; samples (int64 microseconds) are written raw to FILE.
+ * Lines are "xxxx... T<16-digit CLOCK_MONOTONIC microseconds>\r\n".
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JOIN "/join lobby\r\n"
+#define NAMES_MARK "-- in lobby:"
+#define STAMP_DIGITS 16
+#define TAIL 256
+#define RECV (1 << 18)
+
+typedef struct {
+    int fd, index, registered, closed, sender;
+    long long lines;
+    int tail_len;
+    char tail[TAIL];
+    int pend_len;
+    char pend[512];
+} conn_t;
+
+static conn_t *conns;
+static int members, nsenders, ep, errors_;
+static conn_t **by_fd;
+static int max_fd = 1 << 20;
+static char rbuf[RECV + TAIL];
+static int64_t *samples;
+static size_t nsamples, capsamples;
+static int sampling;
+
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static double now_s(void) { return now_us() / 1e6; }
+
+static double cpu_s(void) {
+    struct rusage r;
+    getrusage(RUSAGE_SELF, &r);
+    return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6 + r.ru_stime.tv_sec +
+           r.ru_stime.tv_usec / 1e6;
+}
+
+static void sample(int64_t v) {
+    if (nsamples == capsamples) {
+        capsamples = capsamples ? capsamples * 2 : 1 << 16;
+        samples = realloc(samples, capsamples * sizeof *samples);
+        if (!samples) { perror("realloc"); exit(2); }
+    }
+    samples[nsamples++] = v;
+}
+
+static void close_conn(conn_t *c) {
+    if (c->closed) return;
+    c->closed = 1;
+    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    by_fd[c->fd] = NULL;
+}
+
+/* Parse the stamps of the complete lines in buf[0:n] (tail first), keep the rest. */
+static void parse_lines(conn_t *c, char *data, ssize_t n, int64_t now) {
+    /* data points into rbuf at offset TAIL, so the tail can be prepended in place */
+    char *buf = data - c->tail_len;
+    memcpy(buf, c->tail, c->tail_len);
+    size_t len = n + c->tail_len;
+    char *p = buf, *end = buf + len, *nl;
+    while ((nl = memchr(p, '\n', end - p)) != NULL) {
+        /* the stamp: " T" + 16 digits, then "\r" */
+        char *q = nl;
+        if (q > p && q[-1] == '\r') q--;
+        if (q - p >= STAMP_DIGITS + 2 && q[-STAMP_DIGITS - 2] == ' ' &&
+            q[-STAMP_DIGITS - 1] == 'T') {
+            int64_t v = 0;
+            int ok = 1;
+            for (char *d = q - STAMP_DIGITS; d < q; d++) {
+                if (*d < '0' || *d > '9') { ok = 0; break; }
+                v = v * 10 + (*d - '0');
+            }
+            if (ok) sample(now - v);
+        }
+        p = nl + 1;
+    }
+    size_t rest = end - p;
+    if (rest > TAIL) rest = 0; /* a line too long to hold a stamp we'd want: drop */
+    memmove(c->tail, p, rest);
+    c->tail_len = (int)rest;
+}
+
+/* Read once. Returns bytes read, 0 if nothing now, -1 on EOF/error (closed). */
+static ssize_t do_recv(conn_t *c) {
+    char *data = rbuf + TAIL;
+    ssize_t n = recv(c->fd, data, RECV, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    if (n <= 0) {
+        errors_++;
+        close_conn(c);
+        return -1;
+    }
+    if (!c->registered) {
+        /* look for the names line across reads: keep the last bytes */
+        int keep = (int)sizeof NAMES_MARK - 1;
+        char *buf = data - c->tail_len;
+        memcpy(buf, c->tail, c->tail_len);
+        size_t len = n + c->tail_len;
+        if (memmem(buf, len, NAMES_MARK, keep)) {
+            c->registered = 1;
+            c->tail_len = 0;
+        } else {
+            size_t k = len < (size_t)keep ? len : (size_t)keep;
+            memmove(c->tail, buf + len - k, k);
+            c->tail_len = (int)k;
+        }
+        return n;
+    }
+    /* memchr-style line counting */
+    char *p = data, *end = data + n;
+    long long lines = 0;
+    while ((p = memchr(p, '\n', end - p)) != NULL) { lines++; p++; }
+    c->lines += lines;
+    if (sampling) parse_lines(c, data, n, now_us());
+    return n;
+}
+
+static void do_send(conn_t *c, const char *line, int len) {
+    if (c->closed) return;
+    if (len && c->pend_len + len <= (int)sizeof c->pend) {
+        memcpy(c->pend + c->pend_len, line, len);
+        c->pend_len += len;
+    } else if (len) {
+        errors_++; /* cannot even queue it: counted, never silently lost */
+        return;
+    }
+    if (!c->pend_len) return;
+    ssize_t n = send(c->fd, c->pend, c->pend_len, MSG_NOSIGNAL);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        errors_++;
+        c->pend_len = 0;
+        return;
+    }
+    memmove(c->pend, c->pend + n, c->pend_len - n);
+    c->pend_len -= (int)n;
+}
+
+static void cmd_connect(int port, double rate, int reg, double timeout) {
+    double start = now_s(), deadline = start + timeout;
+    int opened = 0, waiting = 0;
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct epoll_event evs[1024];
+    while ((opened < members || waiting) && now_s() < deadline) {
+        int due = (int)((now_s() - start) * rate) + 1;
+        while (opened < members && opened < due) {
+            conn_t *c = &conns[opened];
+            c->index = opened++;
+            c->closed = 0;
+            int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            if (fd < 0) { errors_++; c->closed = 1; continue; }
+            /* RST on close: no TIME_WAIT eating loopback ports between runs */
+            struct linger lg = {1, 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
+                errors_++;
+                close(fd);
+                c->closed = 1;
+                continue;
+            }
+            c->fd = fd;
+            by_fd[fd] = c;
+            struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
+            epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+            waiting++;
+        }
+        int n = epoll_wait(ep, evs, 1024, 1);
+        for (int i = 0; i < n; i++) {
+            conn_t *c = evs[i].data.ptr;
+            if (c->closed) continue;
+            uint32_t e = evs[i].events;
+            if ((e & EPOLLOUT) && !c->registered) {
+                if (e & (EPOLLERR | EPOLLHUP)) {
+                    errors_++;
+                    close_conn(c);
+                    waiting--;
+                    continue;
+                }
+                struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+                epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                if (reg) {
+                    do_send(c, JOIN, (int)sizeof JOIN - 1);
+                } else {
+                    c->registered = 1;
+                    waiting--;
+                }
+                continue;
+            }
+            if (e & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                int was = c->registered;
+                ssize_t r = do_recv(c);
+                if (r < 0) { if (!was) waiting--; continue; }
+                if (!was && c->registered) waiting--;
+            }
+        }
+    }
+    int registered = 0;
+    for (int i = 0; i < members; i++) {
+        if (!conns[i].closed && conns[i].registered) registered++;
+        conns[i].tail_len = 0;
+    }
+    printf("{\"registered\": %d, \"seconds\": %.6f, \"errors\": %d}\n", registered,
+           now_s() - start, errors_);
+}
+
+static void reset_counts(void) {
+    for (int i = 0; i < members; i++) { conns[i].lines = 0; conns[i].tail_len = 0; }
+}
+
+static void cmd_settle(double quiet, double timeout) {
+    double start = now_s(), last = start;
+    struct epoll_event evs[1024];
+    sampling = 0;
+    while (now_s() - last < quiet && now_s() - start < timeout) {
+        int n = epoll_wait(ep, evs, 1024, 10);
+        for (int i = 0; i < n; i++) {
+            conn_t *c = evs[i].data.ptr;
+            if (!c->closed && do_recv(c) > 0) last = now_s();
+        }
+    }
+    reset_counts();
+    printf("{\"seconds\": %.6f}\n", now_s() - start);
+}
+
+static void cmd_run(double rate, double duration, int pad, double quiet, double dmax,
+                    const char *path) {
+    conn_t **senders = malloc(sizeof *senders * (nsenders + 1));
+    int ns = 0;
+    for (int i = 0; i < members; i++)
+        if (conns[i].sender && !conns[i].closed) senders[ns++] = &conns[i];
+    long long total = ns ? (long long)(rate * duration) : 0, sent = 0;
+    char line[4096];
+    if (pad > (int)sizeof line - 64) pad = (int)sizeof line - 64;
+    memset(line, 'x', pad);
+    reset_counts();
+    nsamples = 0;
+    sampling = 1;
+    double cpu0 = cpu_s();
+    double t0 = now_s() + 0.2, end = t0 + duration;
+    while (now_s() < t0) usleep(1000);
+    double last_data = now_s();
+    struct epoll_event evs[1024];
+    for (;;) {
+        double now = now_s();
+        if (sent < total) {
+            long long due = (long long)((now - t0) * rate) + 1;
+            if (due > total) due = total;
+            while (sent < due) {
+                conn_t *c = senders[sent % ns];
+                int len = pad + snprintf(line + pad, sizeof line - pad, " T%016lld\r\n",
+                                         (long long)now_us());
+                do_send(c, line, len);
+                sent++;
+            }
+        } else if (now - last_data > quiet || now > end + dmax) {
+            break;
+        }
+        int n = epoll_wait(ep, evs, 1024, sent < total ? 1 : 10);
+        int got = 0;
+        for (int i = 0; i < n; i++) {
+            conn_t *c = evs[i].data.ptr;
+            if (!c->closed && do_recv(c) > 0) got = 1;
+        }
+        if (got) last_data = now_s();
+        if (sent < total)
+            for (int i = 0; i < ns; i++)
+                if (senders[i]->pend_len) do_send(senders[i], NULL, 0);
+    }
+    sampling = 0;
+    long long received = 0;
+    int receivers = 0;
+    for (int i = 0; i < members; i++) {
+        received += conns[i].lines;
+        if (!conns[i].closed) receivers++;
+    }
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(samples, sizeof *samples, nsamples, f);
+        fclose(f);
+    } else {
+        errors_++;
+    }
+    printf("{\"sent\": %lld, \"received\": %lld, \"receivers\": %d, \"samples\": %zu, "
+           "\"cpu\": %.6f, \"wall\": %.6f, \"errors\": %d}\n",
+           sent, received, receivers, nsamples, cpu_s() - cpu0, now_s() - t0, errors_);
+    free(senders);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s MEMBERS SENDERS\n", argv[0]);
+        return 2;
+    }
+    members = atoi(argv[1]);
+    nsenders = atoi(argv[2]);
+    if (members < 1 || nsenders < 1 || nsenders > members) {
+        fprintf(stderr, "cgen: need 1 <= SENDERS <= MEMBERS\n");
+        return 2;
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (long)rl.rlim_cur < max_fd)
+        max_fd = (int)rl.rlim_cur;
+    conns = calloc(members, sizeof *conns);
+    by_fd = calloc(max_fd, sizeof *by_fd);
+    ep = epoll_create1(0);
+    int step = members / nsenders;
+    if (step < 1) step = 1;
+    for (int k = 0; k < nsenders; k++) conns[k * step].sender = 1;
+    for (int i = 0; i < members; i++) conns[i].closed = 1; /* until opened */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    char cmd[1024];
+    while (fgets(cmd, sizeof cmd, stdin)) {
+        int port, reg, pad;
+        double a, b, c, d;
+        char path[900];
+        if (sscanf(cmd, "connect %d %lf %d %lf", &port, &a, &reg, &b) == 4) {
+            cmd_connect(port, a, reg, b);
+        } else if (sscanf(cmd, "settle %lf %lf", &a, &b) == 2) {
+            cmd_settle(a, b);
+        } else if (sscanf(cmd, "run %lf %lf %d %lf %lf %899s", &a, &b, &pad, &c, &d, path) == 6) {
+            cmd_run(a, b, pad, c, d, path);
+        } else if (strncmp(cmd, "quit", 4) == 0) {
+            break;
+        } else {
+            printf("{\"error\": \"bad command\"}\n");
+        }
+    }
+    for (int i = 0; i < members; i++)
+        if (!conns[i].closed) close_conn(&conns[i]);
+    return 0;
+}

@@ -1,0 +1,107 @@
+"""The optional C load generator: compile ``cgen.c`` on demand and drive it.
+
+:class:`CLoadGenerator` has the same interface as
+:class:`twisted_chat.bench.loadgen.LoadGenerator` (connect, settle, run,
+close) and the same members, wire format and phases, but one single-threaded
+C process holds every connection, so the generator's own CPU no longer
+dominates the latency it measures. It needs a C compiler (``cc``, or ``$CC``);
+:func:`compiler` says whether there is one.
+"""
+
+import array
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cgen.c")
+
+
+class CompilerMissing(RuntimeError):
+    """No C compiler to build the C load generator with."""
+
+
+def compiler():
+    """The C compiler's path, or None."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def build(directory):
+    """Compile cgen.c with ``cc -O2`` into ``directory``; return the binary's path."""
+    cc = compiler()
+    if cc is None:
+        raise CompilerMissing("no C compiler (cc, or $CC) on PATH")
+    binary = os.path.join(directory, "cgen")
+    result = subprocess.run([cc, "-O2", "-o", binary, SOURCE],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise CompilerMissing("cc failed to build cgen.c:\n"
+                              + result.stdout.decode("utf-8", "replace"))
+    return binary
+
+
+class CLoadGenerator:
+    """``members`` connections, ``senders`` of them sending, in one C process.
+
+    ``workers`` and ``probes`` are accepted for interface compatibility and
+    ignored: there is one process, and every receiver samples latency.
+    """
+
+    def __init__(self, members, senders, workers=1, probes=16):
+        self.members = members
+        self.dir = tempfile.mkdtemp(prefix="chat-cgen-")
+        try:
+            binary = build(self.dir)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        self.samples_path = os.path.join(self.dir, "samples.bin")
+        self.proc = subprocess.Popen([binary, str(members), str(senders)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _call(self, line):
+        self.proc.stdin.write(line.encode("ascii") + b"\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the C load generator exited (status {self.proc.poll()})")
+        result = json.loads(answer)
+        if "error" in result:
+            raise RuntimeError(f"the C load generator: {result['error']} ({line!r})")
+        return result
+
+    def connect(self, port, rate=2000.0, register=True, timeout=60.0):
+        return self._call(f"connect {int(port)} {float(rate)} {int(bool(register))} "
+                          f"{float(timeout)}")
+
+    def settle(self, quiet=1.5, timeout=60.0):
+        return self._call(f"settle {float(quiet)} {float(timeout)}")["seconds"]
+
+    def run(self, rate, duration, pad=32, drain_quiet=0.5, drain_max=5.0):
+        """Offer ``rate`` messages/s for ``duration`` s; the raw measurements, as LoadGenerator."""
+        r = self._call(f"run {float(rate)} {float(duration)} {int(pad)} {float(drain_quiet)} "
+                       f"{float(drain_max)} {self.samples_path}")
+        samples = array.array("q")
+        with open(self.samples_path, "rb") as f:
+            samples.frombytes(f.read())
+        if len(samples) != r["samples"]:
+            raise RuntimeError("the C load generator's sample file is short")
+        r["samples"] = samples
+        return r
+
+    def close(self):
+        if self.proc is not None:
+            try:
+                self.proc.stdin.write(b"quit\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
