@@ -85,6 +85,18 @@ class CLoadGeneratorTests(SynchronousTestCase):
     def test_bare_baseline(self):
         self.run_small(BareServer(), register=False)
 
+    def test_deferred_reads_count_everything_and_sample_probes_only(self):
+        server = OurServer().start()
+        self.addCleanup(server.stop)
+        gen = cgen.CLoadGenerator(members=7, senders=3, probes=2, defer=True)
+        self.addCleanup(gen.close)
+        self.assertEqual(gen.connect(server.port, rate=500, timeout=15)["registered"], 7)
+        gen.settle(quiet=0.2, timeout=10)
+        raw = gen.run(rate=40, duration=0.5, drain_quiet=0.3)
+        self.assertEqual((raw["sent"], raw["received"], raw["errors"]), (20, 20 * 6, 0))
+        # the two probes are non-senders: each sees all 20 messages
+        self.assertEqual(len(raw["samples"]), 2 * 20)
+
 
 class CompilerMissingTests(SynchronousTestCase):
     def test_no_compiler_is_a_clear_error(self):

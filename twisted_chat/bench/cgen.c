@@ -8,13 +8,14 @@
  *
  *   connect PORT RATE REGISTER TIMEOUT    -> {"registered":..,"seconds":..,"errors":..}
  *   settle QUIET TIMEOUT                  -> {"seconds":..}
- *   run RATE DURATION PAD QUIET MAX FILE  -> {"sent":..,"received":..,...}
+ *   run RATE DURATION PAD QUIET MAX PROBES FILE -> {"sent":..,"received":..,...}
  *   quit
  *
  * Usage: cgen MEMBERS SENDERS. Senders are members 0, step, 2*step, ... with
- * step = MEMBERS / SENDERS (as loadgen.py). Every receiving connection parses
- * the send stamp of every line (C is cheap), so latency is sampled from all
- * deliveries; samples (int64 microseconds) are written raw to FILE.
+ * step = MEMBERS / SENDERS (as loadgen.py). With PROBES = 0 every receiving
+ * connection parses the send stamp of every line (C is cheap), so latency is
+ * sampled from all deliveries (see cmd_run for PROBES > 0); samples (int64
+ * microseconds) are written raw to FILE.
  * Lines are "xxxx... T<16-digit CLOCK_MONOTONIC microseconds>\r\n".
  */
 #define _GNU_SOURCE
@@ -40,7 +41,7 @@
 #define RECV (1 << 18)
 
 typedef struct {
-    int fd, index, registered, closed, sender;
+    int fd, index, registered, closed, sender, probe;
     long long lines;
     int tail_len;
     char tail[TAIL];
@@ -149,7 +150,7 @@ static ssize_t do_recv(conn_t *c) {
     long long lines = 0;
     while ((p = memchr(p, '\n', end - p)) != NULL) { lines++; p++; }
     c->lines += lines;
-    if (sampling) parse_lines(c, data, n, now_us());
+    if (sampling == 1 || (sampling == 2 && c->probe)) parse_lines(c, data, n, now_us());
     return n;
 }
 
@@ -263,8 +264,19 @@ static void cmd_settle(double quiet, double timeout) {
     printf("{\"seconds\": %.6f}\n", now_s() - start);
 }
 
+static void set_events(conn_t *c, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* PROBES > 0: deferred reads. Only PROBES receivers (spread over the members,
+ * as loadgen.py picks its probes) are read while messages are being sent, and
+ * only they sample latency; the others are read, and counted, once the last
+ * message is sent, so the generator's reading does not compete with the
+ * server for the CPU during the measurement. PROBES = 0: every receiver is
+ * read all along and samples every delivery. */
 static void cmd_run(double rate, double duration, int pad, double quiet, double dmax,
-                    const char *path) {
+                    int probes, const char *path) {
     conn_t **senders = malloc(sizeof *senders * (nsenders + 1));
     int ns = 0;
     for (int i = 0; i < members; i++)
@@ -275,7 +287,20 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
     memset(line, 'x', pad);
     reset_counts();
     nsamples = 0;
-    sampling = 1;
+    int deferred = 0;
+    for (int i = 0; i < members; i++) conns[i].probe = 0;
+    if (probes > 0) {
+        int *cand = malloc(sizeof *cand * members), n = 0;
+        for (int i = 0; i < members; i++)
+            if (!conns[i].closed && !conns[i].sender) cand[n++] = i;
+        int m = probes < n ? probes : n;
+        for (int k = 0; k < m; k++) conns[cand[((long long)k * n + n / 2) / m]].probe = 1;
+        free(cand);
+        for (int i = 0; i < members; i++)
+            if (!conns[i].closed && !conns[i].probe) set_events(&conns[i], 0);
+        deferred = 1;
+    }
+    sampling = deferred ? 2 : 1;
     double cpu0 = cpu_s();
     double t0 = now_s() + 0.2, end = t0 + duration;
     while (now_s() < t0) usleep(1000);
@@ -293,7 +318,12 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
                 do_send(c, line, len);
                 sent++;
             }
-        } else if (now - last_data > quiet || now > end + dmax) {
+        } else if (deferred && now >= end) {
+            for (int i = 0; i < members; i++)
+                if (!conns[i].closed && !conns[i].probe) set_events(&conns[i], EPOLLIN);
+            deferred = 0;
+            last_data = now;
+        } else if (!deferred && (now - last_data > quiet || now > end + dmax)) {
             break;
         }
         int n = epoll_wait(ep, evs, 1024, sent < total ? 1 : 10);
@@ -363,8 +393,9 @@ int main(int argc, char **argv) {
             cmd_connect(port, a, reg, b);
         } else if (sscanf(cmd, "settle %lf %lf", &a, &b) == 2) {
             cmd_settle(a, b);
-        } else if (sscanf(cmd, "run %lf %lf %d %lf %lf %899s", &a, &b, &pad, &c, &d, path) == 6) {
-            cmd_run(a, b, pad, c, d, path);
+        } else if (sscanf(cmd, "run %lf %lf %d %lf %lf %d %899s", &a, &b, &pad, &c, &d,
+                          &port, path) == 7) {
+            cmd_run(a, b, pad, c, d, port, path);
         } else if (strncmp(cmd, "quit", 4) == 0) {
             break;
         } else {

@@ -6,6 +6,7 @@ the same run, and reports the results as ratios to the baseline.
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -217,7 +218,13 @@ def main(argv=None):
     p.add_argument("--generator", choices=("python", "c"), default="python",
                    help="load generator: python (worker processes, the default) or c "
                         "(one epoll process compiled from cgen.c with cc -O2; every "
-                        "receiver samples latency; falls back to python without cc)")
+                        "receiver samples latency unless --defer-reads; falls back to python "
+                        "without cc)")
+    p.add_argument("--defer-reads", action="store_true",
+                   help="C generator: while messages are sent, read only the --probes "
+                        "receivers (which sample latency); read the rest after the last "
+                        "send, so that the generator's reading does not compete with the "
+                        "server for the CPU")
     p.add_argument("--probes", type=int, default=16,
                    help="connections that parse timestamps for latency (16)")
     p.add_argument("--pad", type=int, default=32, help="message filler bytes (32)")
@@ -229,12 +236,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     raise_fd_limit()
     args.generator_class = LoadGenerator
+    args.generator_name = "python"
     if args.generator == "c":
         if compiler() is None:
             print("no C compiler (cc, or $CC) on PATH: using the Python load generator",
                   flush=True)
         else:
-            args.generator_class = CLoadGenerator
+            args.generator_class = functools.partial(CLoadGenerator, defer=args.defer_reads)
+            args.generator_name = "c, deferred reads" if args.defer_reads else "c"
 
     scenarios = {}
     if args.members:
@@ -254,13 +263,13 @@ def main(argv=None):
 
     started = time.time()
     everything = {"argv": sys.argv[1:], "scenarios": {},
-                  "generator": "c" if args.generator_class is CLoadGenerator else "python"}
+                  "generator": args.generator_name}
     for name, sc in scenarios.items():
         out(f"== scenario {name}: {sc['members']} members, {sc['senders']} senders, "
             + (f"sweep from {sc['rate']:.0f} msgs/s x{args.factor}" if sc["sweep"]
                else f"{sc['rate']:.0f} msgs/s")
             + f", {args.duration or sc.get('duration', 2.0):.0f} s steps, "
-            + ("C" if args.generator_class is CLoadGenerator else "Python") + " load generator")
+            + f"{args.generator_name} load generator")
         results = measure(kinds, sc, args, out)
         report(name, sc, results, out)
         everything["scenarios"][name] = dict(sc, results=results)
