@@ -17,11 +17,12 @@ shared by all processes on the machine.
 import array
 import errno
 import multiprocessing
-import os
 import resource
 import select
 import socket
 import time
+
+from .servers import raise_fd_limit
 
 # Registration: our server registers a connection on /join and answers with
 # the room's names line ("-- in lobby: ..."); the bare server needs nothing.
@@ -35,12 +36,6 @@ _RECV = 1 << 18
 
 def _now_us():
     return time.monotonic_ns() // 1000
-
-
-def _raise_fd_limit():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _cpu():
@@ -77,7 +72,7 @@ class Worker:
         self.errors = 0
 
     def serve(self):
-        _raise_fd_limit()
+        raise_fd_limit()
         while True:
             cmd, args = self.pipe.recv()
             if cmd == "quit":

@@ -18,9 +18,11 @@ import shutil
 
 
 def raise_fd_limit():
+    """Raise the open-file soft limit to the hard limit; return the soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def twistd_command():
@@ -66,11 +68,15 @@ class ServerProcess:
             line = raw.decode("utf-8", "replace").rstrip()
             self.tail.append(line)
             del self.tail[:-50]
+            self.log_line(line)
             if self.port is None:
                 m = self.listening.search(line)
                 if m:
                     self.port = int(m.group(1))
                     self._port_seen.set()
+
+    def log_line(self, line):
+        """Called with every log line of the server; subclasses count what they need."""
 
     @property
     def pid(self):

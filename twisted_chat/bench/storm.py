@@ -19,13 +19,12 @@ its open-file limits.
 
 import argparse
 import multiprocessing
-import resource
 import selectors
 import signal
 import socket
 import time
 
-from .servers import OurServer, twistd_command
+from .servers import OurServer, raise_fd_limit, twistd_command
 
 
 class StormServer(OurServer):
@@ -43,33 +42,17 @@ class StormServer(OurServer):
         script = f'ulimit -Sn {int(self.soft_limit)} 2>/dev/null; exec "$@"'
         return ["sh", "-c", script, "twistd"] + cmd
 
-    def _read(self):
-        # As ServerProcess._read, also counting the log lines that matter here.
-        self.slow = self.refused = 0
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            self.slow += "slow consumer" in line
-            self.refused += "] refused " in line
-            self.tail.append(line)
-            del self.tail[:-50]
-            if self.port is None:
-                m = self.listening.search(line)
-                if m:
-                    self.port = int(m.group(1))
-                    self._port_seen.set()
+    slow = refused = 0
 
-
-def _raise_fd_limit():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    def log_line(self, line):
+        self.slow += "slow consumer" in line
+        self.refused += "] refused " in line
 
 
 def _worker(port, first, count, room_size, timeout, go, result, shutdown):
     """Open ``count`` connections at once; report (accepted, registered, refused, failed).
     With ``shutdown``, then read until every connection has its bye and EOF."""
-    limit = _raise_fd_limit()
+    limit = raise_fd_limit()
     sel = selectors.EpollSelector()
     state = {}
     go.wait()
