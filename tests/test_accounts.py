@@ -31,9 +31,12 @@ class AccountServerTestCase(SynchronousTestCase):
         self.path = os.path.join(self.dir, "accounts")
         for name, password in self.accounts.items():
             passwords.set_account(self.path, name, passwords.hash_password(password, **CHEAP))
-        self.server = ChatServer("--auth", "chat-passwd:accounts", *self.extra_args,
-                                 directory=self.dir).start()
+        self.server = ChatServer(*self.server_args(), directory=self.dir).start()
         self.addCleanup(self.server.stop)
+
+    def server_args(self):
+        """``twistd chat`` options; ``self.dir`` holds the accounts file by now."""
+        return ("--auth", "chat-passwd:accounts", *self.extra_args)
 
     def client(self, nick=None):
         c = self.server.client()
@@ -184,17 +187,12 @@ class MemoryCheckerTests(SynchronousTestCase):
 class TLSLoginTests(AccountServerTestCase):
     """The issue's goal: TLS, accounts from the hashed file, no guests."""
 
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="chat-accounts-")
-        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        self.path = os.path.join(self.dir, "accounts")
-        for name, password in self.accounts.items():
-            passwords.set_account(self.path, name, passwords.hash_password(password, **CHEAP))
+    extra_args = ("--guests", "no")
+
+    def server_args(self):
         self.key, self.cert = self_signed(self.dir, "localhost")
-        self.server = ChatServer(
-            "--port", "ssl:0:interface=127.0.0.1:privateKey=server.key:certKey=server.pem",
-            "--auth", "chat-passwd:accounts", "--guests", "no", directory=self.dir).start()
-        self.addCleanup(self.server.stop)
+        return ("--port", "ssl:0:interface=127.0.0.1:privateKey=server.key:certKey=server.pem",
+                *super().server_args())
 
     def test_login_over_tls_and_no_secret_in_the_log(self):
         context = ssl.create_default_context(cafile=self.cert)
