@@ -342,3 +342,88 @@ class CrashTests(HistoryServerTestCase):
                                  (text, nick))
         history_ids = list(stored)
         self.assertEqual(history_ids, sorted(history_ids))
+
+
+def writer_pids(server_pid):
+    """Pids of the history writer processes whose parent is ``server_pid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server_pid and b"twisted_chat.history.writer" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+class WriterProcessTests(HistoryServerTestCase):
+    """The writer is a child process of the server: its death loses nothing
+    acknowledged and stops nobody; the server's death ends it."""
+
+    def test_a_killed_writer_is_replaced_and_nothing_acknowledged_is_lost(self):
+        server = self.start("--history", "0")
+        alice = self.client(server, "alice")
+        acked = self.send_and_ack(alice, ["before"])
+        (pid,) = wait_for(lambda: writer_pids(server.proc.pid))
+        os.kill(pid, signal.SIGKILL)
+        server.wait_for_log(r"history: the writer process ended")
+        # Each message now is either stored (acknowledged) or refused with
+        # not-stored; none is silently lost, and the server carries on.
+        outcomes = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            text = f"after {len(outcomes)}"
+            alice.send(text)
+            ev = json.loads(alice.expect(lambda line: '"message"' in line or "not-stored" in line))
+            outcomes.append(ev)
+            if ev["type"] == "message":
+                acked.append(ev["id"])
+                break
+            time.sleep(0.2)
+        self.assertEqual(outcomes[-1]["type"], "message", outcomes)
+        self.assertTrue(all(e["type"] == "error" and e["code"] == "not-stored"
+                            for e in outcomes[:-1]), outcomes)
+        (new_pid,) = writer_pids(server.proc.pid)
+        self.assertNotEqual(new_pid, pid)
+        acked += self.send_and_ack(alice, ["one more"])
+        server.stop()
+        server = self.start()
+        reader = self.client(server, "reader")
+        stored = [e["id"] for e in self.page_all(reader)]
+        self.assertEqual(stored, acked)
+
+    def test_the_writer_ends_with_the_server(self):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            server = self.start()
+            alice = self.client(server, "alice")
+            self.send_and_ack(alice, ["hello"])
+            (pid,) = wait_for(lambda: writer_pids(server.proc.pid))
+            server.proc.send_signal(sig)
+            server.proc.wait(15)
+
+            def gone():
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie
+                except OSError:
+                    return True
+
+            wait_for(gone, 10)
+            alice.close()
+            server.stop()

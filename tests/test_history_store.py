@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_chat.history import HistoryError, schema
+from twisted_chat.history import HistoryError, private_message, room_message, schema
 from twisted_chat.history import sqlite as store_module
 from twisted_chat.history.sqlite import SQLiteHistory
 
@@ -50,8 +50,7 @@ class Unstorable:
 
 
 def message(text, room="lobby", t=1000.0, nick="alice", action=False, name=None):
-    return {"kind": "message", "room": room, "room_name": name or room, "nick": nick,
-            "text": text, "t": t, "action": action}
+    return room_message(room, name or room, nick, text, t, action)
 
 
 class StoreTestCase(SynchronousTestCase):
@@ -97,20 +96,24 @@ class GroupCommitTests(StoreTestCase):
         rows = sqlite3.connect(self.path).execute("SELECT id, text FROM messages").fetchall()
         self.assertEqual(rows, [(1, "m0"), (2, "m1"), (3, "m2")])
 
-    def test_without_sqlite_json_functions_rows_go_in_one_by_one(self):
-        store, runner = self.open()
-        self.assertTrue(store._json)  # this SQLite has them; pretend it has not
-        store._json = False
-        acked = []
-        for text in ("plain", "quote \" and ünïcode", "[1, 2]"):
-            store.append(message(text), acked.append)
-        self.clock.advance(0)
-        runner.run_all()
-        self.assertEqual(acked, [1, 2, 3])
-        self.assertEqual([m.text for m in self.read(store, runner, store.recent("lobby", 9))],
-                         ["plain", "quote \" and ünïcode", "[1, 2]"])
+    def test_batches_around_the_insert_chunk_keep_ids_and_order(self):
+        # write_batch inserts CHUNK rows per statement and the rest one by
+        # one: every split must give consecutive ids in order.
+        from twisted_chat.history.writer import CHUNK
 
-    def test_texts_survive_the_json_batch_intact(self):
+        store, runner = self.open()
+        acked, texts = [], []
+        for size in (1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 7):
+            for i in range(size):
+                texts.append(f"{size}:{i}")
+                store.append(message(texts[-1]), acked.append)
+            self.clock.advance(0)
+            runner.run_all()
+        self.assertEqual(acked, list(range(1, len(texts) + 1)))
+        rows = sqlite3.connect(self.path).execute("SELECT id, text FROM messages ORDER BY id")
+        self.assertEqual(rows.fetchall(), list(enumerate(texts, 1)))
+
+    def test_texts_survive_the_batch_intact(self):
         store, runner = self.open()
         texts = ["tab\there", "emoji \U0001F600", "nul-free \\ backslash", "x" * 5000,
                  "' OR 1=1; --"]
@@ -139,6 +142,27 @@ class GroupCommitTests(StoreTestCase):
         runner.run_one()
         self.assertEqual(acked, [("first", 1), (0, 2), (1, 3), (2, 4)])
         self.assertEqual(runner.jobs, [])
+
+    def test_several_batches_in_flight_answer_in_order_one_failing(self):
+        # The writer process is handed the next batches before it has
+        # answered the first; callbacks still run in append order, and a
+        # failed batch fails its own messages only.
+        self.patch(store_module, "MAX_BATCH", 2)
+        store, runner = self.open()
+        store._max_in_flight = 3
+        events = []
+        for i in range(7):
+            text = Unstorable() if i == 3 else f"m{i}"
+            store.append(message(text), lambda n, i=i: events.append((i, n)),
+                         lambda i=i: events.append((i, "failed")))
+        self.clock.advance(0)
+        self.assertEqual([len(job[1][0]) for job in runner.jobs], [2, 2, 2])  # 3 at once
+        runner.run_one()
+        self.assertEqual(len(runner.jobs), 3)  # an answer lets the last batch go
+        runner.run_all()
+        self.assertEqual(events, [(0, 1), (1, 2), (2, "failed"), (3, "failed"),
+                                  (4, 3), (5, 4), (6, 5)])
+        self.assertEqual(self.successResultOf(store.drain()), None)
 
     def test_a_flood_is_written_in_bounded_batches_in_order(self):
         self.patch(store_module, "MAX_BATCH", 3)
@@ -202,8 +226,7 @@ class GroupCommitTests(StoreTestCase):
         store, runner = self.open()
         acked = []
         store.append(message("room"), acked.append)
-        store.append({"kind": "private", "from": "alice", "to": "bob", "text": "psst",
-                      "t": 5.0, "action": False}, acked.append)
+        store.append(private_message("alice", "bob", "psst", 5.0), acked.append)
         self.clock.advance(0)
         runner.run_all()
         self.assertEqual(acked, [1, 2])

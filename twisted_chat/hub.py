@@ -25,7 +25,7 @@ from . import __version__, fanout, presence
 from .commands import fold, valid_nick, valid_room
 from .errors import ChatError
 from .events import Event, error
-from .history import HISTORY_CAP, IHistoryStore
+from .history import HISTORY_CAP, IHistoryStore, private_message, room_message
 
 log = Logger()
 DEFAULT_REPLAY = 50  # messages replayed to a joiner (twistd chat --history)
@@ -33,6 +33,9 @@ DEFAULT_REPLAY = 50  # messages replayed to a joiner (twistd chat --history)
 # What a member that has not logged in may do on a server without guests:
 # nothing that shows it to anybody (mode and ping only shape its own output).
 GUEST_COMMANDS = frozenset({"login", "help", "quit", "mode", "ping"})
+
+_NOT_STORED = error("not-stored", "the server could not store your message, so nobody "
+                    "received it; try again later")
 
 
 class Member:
@@ -115,6 +118,8 @@ class MemoryHistory:
     never out of order. This one keeps nothing, so nothing is replayed.
     """
 
+    last_id_at_start = 0
+
     def __init__(self):
         self._last_id = 0
 
@@ -137,6 +142,62 @@ class _Step:
 
     def __init__(self, run=None):
         self.run = run
+
+
+class _Said:
+    """A room message waiting for its store: its place in the hub's output
+    order (a step: ``run`` is None until stored) and all it needs then.
+
+    One object per message, not a handful of closures and cells: a busy
+    server holds thousands of these until their group commit, and the
+    garbage collector walks every one of them at each collection.
+    """
+
+    __slots__ = ("hub", "member", "room", "epoch", "nick", "text", "t", "action", "event",
+                 "msg_id", "run")
+
+    def __init__(self, hub, member, room, text, t, action):
+        self.hub, self.member, self.room = hub, member, room
+        self.epoch = room.epoch
+        self.nick, self.text, self.t, self.action = member.nick, text, t, action
+        self.event = self.msg_id = None
+        self.run = None
+
+    def stored(self, msg_id: int) -> None:
+        self.msg_id = msg_id
+        room = self.room
+        room.pending -= 1
+        fields = {"id": msg_id, "ts": None, "room": room.name, "nick": self.nick,
+                  "text": self.text}
+        if self.action:
+            fields["action"] = True
+        self.event = Event.timed("message", self.t, **fields)
+        self.hub._ready(self, self._send)
+
+    def _send(self) -> None:
+        member, room, event = self.member, self.room, self.event
+        self.hub._sent_id = self.msg_id
+        presence.before(self.hub, room, self.nick)  # others learn of the sender first
+        recipients = self.epoch[0]
+        if recipients is None:
+            # Nobody came or went since: the room's own (coalesced) fan-out.
+            room.broadcast(event, sender=member)
+            return
+        for m in recipients:
+            if m is not member and not m.gone:
+                m.deliver(event)
+        # The sender's acknowledgement (JSON mode), wherever it is now; a
+        # sender who has disconnected meanwhile simply gets none.
+        if member.echo and not member.gone:
+            member.deliver(event)
+
+    def not_stored(self) -> None:
+        self.room.pending -= 1
+        self.hub._ready(self, self._refuse)
+
+    def _refuse(self) -> None:
+        if not self.member.gone:
+            self.member.deliver(_NOT_STORED)
 
 
 class _Replay:
@@ -186,6 +247,10 @@ class Hub:
         self.presence_interval = presence.DEFAULT_INTERVAL
         self.call_later = None
         self._queue = deque()  # of _Step: output waiting behind unstored messages
+        # The id of the last room message that went out: every message with
+        # a lower id has gone out too (ids follow the output order), every
+        # later one is still to come, so a replay asked for now reads up to it.
+        self._sent_id: Optional[int] = None
         self._draining = False
         self._room(self.default_room)
 
@@ -310,44 +375,13 @@ class Hub:
 
     def say(self, member: Member, text: str, action: bool = False) -> None:
         self.register(member)
-        room, nick, t = member.room, member.nick, self.clock()
-        record = {"kind": "message", "room": room.key, "room_name": room.name, "nick": nick,
-                  "text": text, "t": t, "action": action}
+        room, t = member.room, self.clock()
         # The room as it is now receives it, whenever the store is done.
-        epoch = room.epoch
+        said = _Said(self, member, room, text, t, action)
         room.pending += 1
-        step = self._wait()
-
-        def accepted(msg_id: int) -> None:
-            room.pending -= 1
-            fields = {"id": msg_id, "ts": None, "room": room.name, "nick": nick, "text": text}
-            if action:
-                fields["action"] = True
-            event = Event.timed("message", t, **fields)
-
-            def send():
-                presence.before(self, room, nick)  # others learn of the sender first
-                recipients = epoch[0]
-                if recipients is None:
-                    # Nobody came or went since: the room's own (coalesced) fan-out.
-                    room.broadcast(event, sender=member)
-                    return
-                for m in recipients:
-                    if m is not member and not m.gone:
-                        m.deliver(event)
-                # The sender's acknowledgement (JSON mode), wherever it is now;
-                # a sender who has disconnected meanwhile simply gets none.
-                if member.echo and not member.gone:
-                    member.deliver(event)
-
-            self._ready(step, send)
-
-        def failed():
-            room.pending -= 1
-            refused()
-
-        refused = self._not_stored(member, step)
-        self.history.append(record, accepted, failed)
+        self._queue.append(said)
+        self.history.append(room_message(room.key, room.name, said.nick, text, t, action),
+                            said.stored, said.not_stored)
 
     def private(self, member: Member, target: str, text: str) -> None:
         self.register(member)
@@ -355,8 +389,7 @@ class Hub:
         if recipient is None:
             raise ChatError("no-such-nick", f"nobody is called {target}")
         sender, t = member.nick, self.clock()
-        record = {"kind": "private", "from": sender, "to": recipient.nick, "text": text,
-                  "t": t, "action": False}
+        record = private_message(sender, recipient.nick, text, t)
         step = self._wait()
 
         def accepted(msg_id: int) -> None:
@@ -437,7 +470,10 @@ class Hub:
         queue = self._queue
         try:
             while queue and queue[0].run is not None:
-                run = queue.popleft().run
+                step = queue.popleft()
+                # A _Said's run is its own bound method: unhooked, the step
+                # is freed at once instead of waiting as a cycle for the GC.
+                run, step.run = step.run, None
                 try:
                     run()
                 except Exception:
@@ -449,8 +485,7 @@ class Hub:
         def failed():
             def tell():
                 if not member.gone:
-                    member.deliver(error("not-stored", "the server could not store your "
-                                         "message, so nobody received it; try again later"))
+                    member.deliver(_NOT_STORED)
             self._ready(step, tell)
         return failed
 
@@ -481,6 +516,14 @@ class Hub:
 
             member.deliver = hold
         member._held.append(request)
+        # Up to this point of the member's stream and no further: a message
+        # stored meanwhile comes live, after the replay, never inside it
+        # (the read may run long after it was asked for).
+        upto = self._sent_id
+        if upto is None:
+            upto = getattr(self.history, "last_id_at_start", None)
+        if upto is not None:
+            before = upto + 1 if before is None else min(before, upto + 1)
         if before is None:
             d = self.history.recent(room.key, limit)
         else:

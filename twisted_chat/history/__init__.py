@@ -5,8 +5,10 @@
 * :mod:`.schema` -- the versioned schema (``schema/vN.sql``) and start-up checks.
 """
 
-from .interface import HistoryError, IHistoryStore, StoredMessage
+from .interface import (HistoryError, IHistoryStore, StoredMessage, private_message,
+                        room_message)
 
 HISTORY_CAP = 500  # most messages one replay or /history may return
 
-__all__ = ["HISTORY_CAP", "HistoryError", "IHistoryStore", "StoredMessage"]
+__all__ = ["HISTORY_CAP", "HistoryError", "IHistoryStore", "StoredMessage",
+           "private_message", "room_message"]

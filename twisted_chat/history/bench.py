@@ -39,6 +39,7 @@ import time
 def store_run(total: int, burst: int, text_size: int, out) -> float:
     from twisted.internet import reactor
 
+    from .interface import room_message
     from .sqlite import SQLiteHistory
 
     directory = tempfile.mkdtemp(prefix="chat-bench-")
@@ -57,8 +58,7 @@ def store_run(total: int, burst: int, text_size: int, out) -> float:
         if state["sent"] < total and state["sent"] - state["done"] < window:
             t = time.time()
             for _ in range(min(burst, total - state["sent"])):
-                store.append({"kind": "message", "room": "lobby", "room_name": "lobby",
-                              "nick": "bench", "text": text, "t": t, "action": False}, done)
+                store.append(room_message("lobby", "lobby", "bench", text, t), done)
                 state["sent"] += 1
         if state["done"] < total:
             reactor.callLater(0, turn)
@@ -115,6 +115,8 @@ def serve(argv):
 
 class _TurnHistory:
     """Acknowledges a turn's messages at the end of the turn; stores nothing."""
+
+    last_id_at_start = 0
 
     def __init__(self, reactor):
         from ..hub import MemoryHistory

@@ -1,16 +1,36 @@
 """What the hub may ask of a history store, and the values it gets back.
 
 The hub calls a store only through :class:`IHistoryStore`; it never sees SQL.
-A record handed to ``append`` is a plain dict built by the hub::
+A record handed to ``append`` is a plain tuple of the columns a store keeps,
+made by :func:`room_message` or :func:`private_message`::
 
-    {"kind": "message", "room": <folded key>, "room_name": <display name>,
-     "nick": ..., "text": ..., "t": <float seconds>, "action": bool}
-    {"kind": "private", "from": ..., "to": ..., "text": ..., "t": ..., "action": False}
+    (kind, room, room_name, nick, target, text, action, t)
+
+``kind`` is ``"message"`` (``room`` the folded key, ``room_name`` the
+display name, ``target`` None) or ``"private"`` (``room`` and ``room_name``
+None, ``target`` the recipient); ``nick`` is the sender, ``t`` float seconds
+since the epoch. A plain tuple because a busy server holds one per message
+until its commit: no dict, nothing more for the garbage collector to walk,
+and it crosses to the writer process as it is.
 """
 
 from typing import Callable, NamedTuple, Optional
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
+
+
+def room_message(room: str, room_name: str, nick: str, text: str, t: float,
+                 action: bool = False) -> tuple:
+    """The record of a message said in a room (``room``: its folded key)."""
+    return ("message", room, room_name, nick, None, text, action, t)
+
+
+def private_message(sender: str, recipient: str, text: str, t: float) -> tuple:
+    """The record of a private message."""
+    return ("private", None, None, sender, recipient, text, False, t)
+
+
+TEXT = 5  # where a record keeps its text
 
 
 class HistoryError(Exception):
@@ -31,7 +51,11 @@ class StoredMessage(NamedTuple):
 class IHistoryStore(Interface):
     """Durable (or not) storage of chat messages."""
 
-    def append(record: dict, done: Callable[[int], None],
+    last_id_at_start = Attribute(
+        "The highest id stored before this run (0 for none), once started: the hub "
+        "bounds a replay by it until a message of this run has gone out.")
+
+    def append(record: tuple, done: Callable[[int], None],
                failed: Optional[Callable[[], None]] = None) -> None:
         """Store ``record``; then call ``done(id)`` on the reactor thread.
 

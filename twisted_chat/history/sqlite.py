@@ -1,32 +1,43 @@
 """The SQLite history store: group commit off the reactor thread.
 
 Every message the hub accepts during one reactor turn is collected; at the
-end of the turn the whole batch is written in ONE transaction by a single
-writer thread, and only after the commit are the batch's ``done`` callbacks
-called, in order, on the reactor thread (that is when the hub echoes and
-broadcasts). While a batch is being written, later turns' messages pile up
-into the next batch, so the cost of a commit (an fsync) is shared by however
-many messages arrived meanwhile: throughput grows with load instead of being
-capped at the disk's fsync rate.
+end of the turn the whole batch is written in ONE transaction by the writer,
+and only after the commit are the batch's ``done`` callbacks called, in
+order, on the reactor thread (that is when the hub echoes and broadcasts).
+While a batch is being written, later turns' messages pile up into the next
+batch, so the cost of a commit (an fsync) is shared by however many messages
+arrived meanwhile: throughput grows with load instead of being capped at the
+disk's fsync rate.
+
+For a database file the writer is a child process
+(:mod:`.writer`): SQLite and the Python that feeds it run on another core
+and never take the reactor's GIL. Reads run on a one-thread pool with a
+connection of their own; WAL lets them go on beside the writer, and a read
+sees every message whose ``done`` has run (it was committed first). For
+``:memory:`` (one connection, nothing to share) and in tests that pass a
+``runner``, writes and reads both run through that one runner.
 
 Ids are assigned inside the writer's transaction (one past the highest id
 ever used), so they are the rows' ids, consecutive within a batch, and
-increase in acceptance order. Reads run on the same single thread, queued
-behind the writes, so a read sees every message whose ``done`` has run.
+increase in acceptance order.
 """
 
-import json
+import marshal
+import os
 import sqlite3
+import sys
+from collections import deque
 from typing import Callable, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import schema
-from .interface import HistoryError, IHistoryStore, StoredMessage
+from . import schema, writer
+from .interface import TEXT, HistoryError, IHistoryStore, StoredMessage
 
 # Most messages, and most bytes of text, in one transaction. A batch's
 # callbacks (the echoes and broadcasts) run in one reactor turn, so the batch
@@ -39,35 +50,127 @@ MAX_BATCH_BYTES = 64 * 1024
 # (``on_pressure``) until the backlog is down to LOW_WATER.
 HIGH_WATER = 20000
 LOW_WATER = 5000
+MAX_IN_FLIGHT = 4  # batches handed to the writer process before its reply
 PRUNE_CHUNK = 5000  # rows per pruning transaction: writes interleave between chunks
 PRUNE_INTERVAL = 3600.0  # seconds between retention passes
 
-_INSERT = ("INSERT INTO messages (id, kind, room, room_name, nick, target, text, action, t)"
-           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-# The whole batch in ONE statement: the rows go in as a JSON array. The
-# sqlite3 module releases the GIL around each step of a statement; with
-# executemany that is once per row, and the writer thread and the reactor
-# thread then trade the GIL hundreds of times per batch. One step per batch
-# leaves the reactor thread alone while SQLite works.
-_INSERT_JSON = (
-    "INSERT INTO messages (id, kind, room, room_name, nick, target, text, action, t)"
-    " SELECT ? + key, json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
-    " json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]')"
-    " FROM json_each(?)")
-_LAST_ID = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),"
-            " coalesce((SELECT max(id) FROM messages), 0))")
 _COLUMNS = "id, t, room_name, nick, text, action"
 
 
-def _row(record: dict) -> tuple:
-    """The columns (after id) of one hub record."""
-    if record["kind"] == "message":
-        return ("message", record["room"], record.get("room_name", record["room"]),
-                record["nick"], None, record["text"], 1 if record.get("action") else 0,
-                record["t"])
-    return ("private", None, None, record["from"], record["to"], record["text"], 0,
-            record["t"])
+class _WriterProcess(ProcessProtocol):
+    """The server's end of the writer process (:mod:`.writer`): requests go
+    down its stdin, replies come back on its stdout in the same order.
+
+    Started with the reactor; if it dies, what it had in hand fails with
+    :class:`HistoryError` (those messages are reported not stored, nothing
+    acknowledged is lost) and the next request starts a new one, at most one
+    a second.
+    """
+
+    log = Logger()
+    RESPAWN_DELAY = 1.0
+    STOP_TIMEOUT = 30.0  # a last batch may still be committing when we stop
+
+    def __init__(self, path: str, reactor):
+        self.path = os.path.abspath(path)
+        self.reactor = reactor
+        self.running = False
+        self._pending = deque()  # one Deferred per request, oldest first
+        self._buffer = b""
+        self._stderr = b""
+        self._spawned_at = None
+        self._closing = False
+        self._exited: List[Deferred] = []
+
+    def start(self):
+        """Start it now rather than on the first request (which would wait
+        for an interpreter to start)."""
+        if not self.running and not self._closing:
+            self._spawn(self.reactor.seconds())
+
+    def request(self, *message) -> Deferred:
+        if not self.running:
+            if self._closing:
+                return _failed("the history writer has stopped")
+            now = self.reactor.seconds()
+            if self._spawned_at is not None and now - self._spawned_at < self.RESPAWN_DELAY:
+                return _failed("the history writer is restarting")
+            self._spawn(now)
+        d = Deferred()
+        self._pending.append(d)
+        self.transport.write(writer.encode(message))
+        return d
+
+    def _spawn(self, now):
+        self._spawned_at = now
+        self._buffer = self._stderr = b""
+        # The child imports twisted_chat from wherever this process did, even
+        # from a checkout that is on sys.path only here.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(writer.__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.reactor.spawnProcess(
+            self, sys.executable,
+            [sys.executable, "-m", "twisted_chat.history.writer", self.path],
+            env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        self.running = True
+
+    def outReceived(self, data: bytes):
+        buffer = self._buffer + data
+        header = writer.HEADER
+        while len(buffer) >= header.size:
+            size = header.unpack_from(buffer)[0]
+            end = header.size + size
+            if len(buffer) < end:
+                break
+            ok, result = marshal.loads(buffer[header.size:end])
+            buffer = buffer[end:]
+            d = self._pending.popleft()
+            if ok:
+                d.callback(result)
+            else:
+                d.errback(HistoryError(result))
+        self._buffer = buffer
+
+    def errReceived(self, data: bytes):
+        self._stderr = (self._stderr + data)[-4096:]
+
+    def processEnded(self, reason):
+        self.running = False
+        said = self._stderr.decode("utf-8", "replace").strip()
+        if not self._closing or said:
+            self.log.error("history: the writer process ended ({why}){said}",
+                           why=reason.getErrorMessage(), said=f": {said}" if said else "")
+        pending, self._pending = self._pending, deque()
+        for d in pending:
+            d.errback(HistoryError(f"the history writer stopped{': ' + said if said else ''}"))
+        waiters, self._exited = self._exited, []
+        for d in waiters:
+            d.callback(None)
+
+    def close(self) -> Deferred:
+        """Close its stdin (it finishes what it has, then exits); fires on exit."""
+        self._closing = True
+        if not self.running:
+            return succeed(None)
+        d = Deferred()
+        self._exited.append(d)
+        self.transport.closeStdin()
+        kill = self.reactor.callLater(self.STOP_TIMEOUT, self._kill)
+        d.addBoth(lambda result: (kill.active() and kill.cancel(), result)[1])
+        return d
+
+    def _kill(self):
+        try:
+            self.transport.signalProcess("KILL")
+        except Exception:  # gone meanwhile
+            pass
+
+
+def _failed(reason: str) -> Deferred:
+    d = Deferred()
+    d.errback(HistoryError(reason))
+    return d
 
 
 @implementer(IHistoryStore)
@@ -78,10 +181,12 @@ class SQLiteHistory(Service):
     :class:`HistoryError` if it cannot; ``stopService`` writes what is still
     pending, then closes it.
 
-    ``runner(fn, *args)`` runs ``fn`` on the writer thread and returns a
-    Deferred of its result; by default a private one-thread pool. Tests may
-    pass a runner they drive by hand. ``clock`` provides ``callLater`` and
-    ``seconds`` (the reactor by default).
+    For a file, writes go to a writer process and reads to a one-thread
+    pool. ``runner(fn, *args)``, if given, runs ``fn`` (writes and reads
+    alike, on the store's own connection) and returns a Deferred of its
+    result: tests pass a runner they drive by hand; ``:memory:`` gets a
+    one-thread pool. ``clock`` provides ``callLater`` and ``seconds`` (the
+    reactor by default).
     """
 
     log = Logger()
@@ -97,26 +202,30 @@ class SQLiteHistory(Service):
         self.prune_interval = prune_interval
         self._runner = runner
         self._pool = None
+        self._writer: Optional[_WriterProcess] = None
         self._conn: Optional[sqlite3.Connection] = None
         self._rows: List[tuple] = []
         self._callbacks: List[tuple] = []  # (done, failed), parallel to _rows
         self._flush_call = None
-        self._writing = False
+        # Batches handed to the writer and not answered yet, and how many may
+        # be: the writer process works on while the reactor runs a long turn,
+        # so it is given the next batches before the first reply has been
+        # read (replies come back in order). A runner's thread gains nothing
+        # from that and keeps one, so later turns accumulate behind it.
+        self._in_flight = 0
+        self._max_in_flight = 1
+        self._waiting = 0  # appended, neither done nor failed yet
         self._idle: List[Deferred] = []  # drain() waiters
         self._pruner = None
-        self._json = False
         self._pressure = None  # (pause, resume) callables
         self._paused = False
+        self.last_id_at_start = 0
 
     # -- service life ----------------------------------------------------------
 
     def startService(self):
         self._conn = schema.connect(self.path)  # HistoryError tells the operator why
-        try:
-            self._conn.execute("SELECT json_extract('[1]', '$[0]')").fetchone()
-            self._json = True
-        except sqlite3.OperationalError:  # an SQLite built without JSON functions
-            self._json = False
+        self.last_id_at_start = self._conn.execute(writer.LAST_ID).fetchone()[0]
         if self._runner is None:
             from twisted.internet import reactor
             from twisted.internet.threads import deferToThreadPool
@@ -130,6 +239,10 @@ class SQLiteHistory(Service):
                 return deferToThreadPool(reactor, pool, fn, *args)
 
             self._runner = runner
+            if self.path != schema.MEMORY:
+                self._writer = _WriterProcess(self.path, reactor)
+                self._max_in_flight = MAX_IN_FLIGHT
+                reactor.callWhenRunning(self._writer.start)
         super().startService()
         if self.retention_days:
             self._pruner = LoopingCall(self.prune_expired)
@@ -146,16 +259,21 @@ class SQLiteHistory(Service):
         return d
 
     def _close(self, result):
-        if self._pool is not None:
-            # Joins the writer once the jobs queued before this are done, so
-            # nothing uses the connection while it closes.
-            self._pool.stop()
-            self._pool = None
-            self._runner = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-        return result
+        stopped = self._writer.close() if self._writer is not None else succeed(None)
+
+        def close_reader(_):
+            if self._pool is not None:
+                # Joins the reader once the jobs queued before this are done,
+                # so nothing uses the connection while it closes.
+                self._pool.stop()
+                self._pool = None
+                self._runner = None
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+            return result
+
+        return stopped.addBoth(close_reader)
 
     # -- writing ---------------------------------------------------------------
 
@@ -164,27 +282,30 @@ class SQLiteHistory(Service):
         ``resume()`` when it has caught up (the server stops reading input)."""
         self._pressure = (pause, resume)
 
-    def append(self, record: dict, done: Callable[[int], None],
+    def append(self, record: tuple, done: Callable[[int], None],
                failed: Optional[Callable[[], None]] = None) -> None:
-        self._rows.append(_row(record))
+        self._rows.append(record)
         self._callbacks.append((done, failed))
-        if len(self._rows) > HIGH_WATER and not self._paused and self._pressure:
+        self._waiting += 1
+        if self._waiting > HIGH_WATER and not self._paused and self._pressure:
             self._paused = True
             self.log.info("history: {n} messages wait for the disk; pausing input",
-                          n=len(self._rows))
+                          n=self._waiting)
             self._pressure[0]()
-        if self._flush_call is None and not self._writing:
+        if self._flush_call is None and self._in_flight < self._max_in_flight:
             # End of this reactor turn: everything appended until then is one batch.
             self._flush_call = self.clock.callLater(0, self._flush)
 
     def _flush(self):
         self._flush_call = None
-        if self._writing or not self._rows:
-            return
+        while self._rows and self._in_flight < self._max_in_flight:
+            self._send_batch()
+
+    def _send_batch(self):
         count, size = 0, 0
         for row in self._rows:
             count += 1
-            size += len(row[5]) + 64  # text plus the event's framing
+            size += len(row[TEXT]) + 64  # text plus the event's framing
             if count >= MAX_BATCH or size >= MAX_BATCH_BYTES:
                 break
         if count == len(self._rows):
@@ -193,28 +314,18 @@ class SQLiteHistory(Service):
         else:
             rows, callbacks = self._rows[:count], self._callbacks[:count]
             del self._rows[:count], self._callbacks[:count]
-        self._writing = True
-        d = self._runner(self._write, rows)
+        self._in_flight += 1
+        if self._writer is not None:
+            d = self._writer.request("write", rows)
+        else:
+            d = self._runner(self._write, rows)
         d.addCallbacks(self._written, self._write_failed,
                        callbackArgs=(callbacks,), errbackArgs=(callbacks,))
-        d.addBoth(self._batch_over)
+        d.addBoth(self._batch_over, len(callbacks))
 
     def _write(self, rows):
-        """Writer thread: one transaction for the batch; returns the first id."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            first = conn.execute(_LAST_ID).fetchone()[0] + 1
-            if self._json:
-                conn.execute(_INSERT_JSON, (first, json.dumps(rows, ensure_ascii=False)))
-            else:
-                conn.executemany(_INSERT, [(first + i,) + row for i, row in enumerate(rows)])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return first
+        """The runner's thread: the batch in one transaction; the first id."""
+        return writer.write_batch(self._conn, rows)
 
     def _written(self, first, callbacks):
         for offset, (done, _) in enumerate(callbacks):
@@ -233,30 +344,30 @@ class SQLiteHistory(Service):
                 except Exception:
                     self.log.failure("reporting a message that was not stored")
 
-    def _batch_over(self, _):
-        self._writing = False
-        if self._paused and len(self._rows) <= LOW_WATER:
+    def _batch_over(self, _, count):
+        self._in_flight -= 1
+        self._waiting -= count
+        if self._paused and self._waiting <= LOW_WATER:
             self._paused = False
             self._pressure[1]()
         if self._rows:
             # Messages accepted while the last batch was being written: the
             # next batch goes at once (the reactor does its I/O meanwhile).
             self._flush()
-        elif self._idle:
+        elif self._idle and not self._in_flight:
             waiters, self._idle = self._idle, []
             for d in waiters:
                 d.callback(None)
 
     def drain(self) -> Deferred:
         """A Deferred that fires once everything appended so far is written."""
-        if not self._rows and not self._writing:
+        if not self._rows and not self._in_flight:
             return succeed(None)
         d = Deferred()
         self._idle.append(d)
-        if not self._writing:
-            if self._flush_call is not None:
-                self._flush_call.cancel()
-            self._flush()
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+        self._flush()
         return d
 
     # -- reading ---------------------------------------------------------------
@@ -294,25 +405,15 @@ class SQLiteHistory(Service):
             if count < PRUNE_CHUNK or self._conn is None:
                 result.callback(total[0])
             else:
-                self._runner(self._prune_chunk, cutoff).addCallbacks(chunk, result.errback)
+                self._prune_chunk(cutoff).addCallbacks(chunk, result.errback)
 
-        self._runner(self._prune_chunk, cutoff).addCallbacks(chunk, result.errback)
+        self._prune_chunk(cutoff).addCallbacks(chunk, result.errback)
         return result
 
     def _prune_chunk(self, cutoff):
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            count = conn.execute(
-                "DELETE FROM messages WHERE id IN"
-                " (SELECT id FROM messages WHERE t < ? ORDER BY t LIMIT ?)",
-                (cutoff, PRUNE_CHUNK)).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return count
+        if self._writer is not None:
+            return self._writer.request("prune", cutoff, PRUNE_CHUNK)
+        return self._runner(writer.prune_chunk, self._conn, cutoff, PRUNE_CHUNK)
 
     def prune_expired(self) -> Deferred:
         """One retention pass: drop messages older than ``retention_days``."""
