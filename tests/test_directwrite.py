@@ -105,3 +105,22 @@ class DirectWriteTests(SynchronousTestCase):
         self.assertEqual(self.protocol.written, [b"secret"])
         other = StringTransport()
         self.assertIsNone(directwrite.writer(other))
+
+    def test_a_bounded_output_holds_while_paused_and_drops_once_closed(self):
+        from twisted_chat.limits import BoundedOutput
+
+        overflowed = []
+        output = BoundedOutput(self.transport, 100, lambda: overflowed.append(True))
+        self.assertIsNot(output.write, BoundedOutput.write)  # the direct writer
+        output.write(b"now\r\n")
+        self.assertEqual(self.received(5), b"now\r\n")
+        output.pauseProducing()
+        output.write(b"held")
+        self.assertEqual(list(output.backlog), [b"held"])
+        self.assertEqual(self.transport._tempDataLen, 0)  # nothing went past the pause
+        output.write(b"x" * 200)  # over the limit: the client is cut off
+        self.assertEqual(overflowed, [True])
+        self.assertTrue(output.closed)
+        output.write(b"gone")
+        self.assertEqual(list(output.backlog), [])
+        self.assertEqual(self.transport._tempDataLen, 0)

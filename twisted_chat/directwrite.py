@@ -21,14 +21,24 @@ otherwise:
 from twisted.internet import tcp
 
 
-def writer(transport):
+def writer(transport, output=None):
     """A ``write(data)`` for ``transport``, direct when idle; None if the
-    transport is not plain TCP (then use ``transport.write``)."""
+    transport is not plain TCP (then use ``transport.write``).
+
+    With ``output`` (a :class:`~twisted_chat.limits.BoundedOutput`), the
+    result is that output's whole ``write``: while it is paused or closed,
+    data goes to ``output.hold(data)`` instead. One call per member per turn
+    instead of two: at 10,000 members the Python around each ``send`` is a
+    fifth of the fan-out's time.
+    """
     if type(transport) is not tcp.Server:
         return None
     send = transport.socket.send
 
     def direct(data):
+        if output is not None and (output.paused or output.closed):
+            output.hold(data)
+            return
         t = transport
         if (t._tempDataLen or t.dataBuffer or t.disconnecting or not t.connected
                 or t._writeDisconnected or t.TLS):

@@ -89,18 +89,22 @@ class BoundedOutput:
         self.closed = False
         self.backlog = collections.deque()
         self.backlog_bytes = 0
-        # Straight into an idle plain-TCP socket (see twisted_chat.directwrite).
-        self._direct = directwrite.writer(transport)
+        # Straight into an idle plain-TCP socket (see twisted_chat.directwrite):
+        # there ``write`` is that writer, which calls ``hold`` while paused.
+        direct = directwrite.writer(transport, self)
+        if direct is not None:
+            self.write = direct
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:
+        if self.paused or self.closed:
+            self.hold(data)
+        else:
+            self.transport.write(data)
+
+    def hold(self, data: bytes) -> None:
+        """While paused: queue ``data`` (within the limit); once closed: drop it."""
         if self.closed:
-            return
-        if not self.paused:
-            if self._direct is not None:
-                self._direct(data)
-            else:
-                self.transport.write(data)
             return
         self.backlog.append(data)
         self.backlog_bytes += len(data)

@@ -63,13 +63,14 @@ def store_run(total: int, burst: int, text_size: int, out) -> float:
         if state["done"] < total:
             reactor.callLater(0, turn)
         else:
-            reactor.stop()
+            state["took"] = time.perf_counter() - started
+            # Stopped while the reactor runs: the writer process is waited for.
+            store.stopService().addBoth(lambda _: reactor.stop())
 
     started = time.perf_counter()
     reactor.callLater(0, turn)
     reactor.run()
-    took = time.perf_counter() - started
-    store.stopService()
+    took = state["took"]
     rate = total / took
     out(f"store: {total} messages of {text_size} B, {burst} per turn: {took:.2f} s, "
         f"{rate:,.0f} persisted messages/s (last id {state['last']})")
@@ -248,8 +249,8 @@ def main(argv=None):
     p.add_argument("--burst", type=int, default=500, help="store: messages per turn (500)")
     p.add_argument("--size", type=int, default=40, help="store: text bytes (40)")
     p.add_argument("--members", type=int, default=20, help="fanout: readers (20)")
-    p.add_argument("--messages", type=int, default=20_000, help="fanout: messages (20000)")
-    p.add_argument("--rounds", type=int, default=3, help="fanout: rounds of off+on (3)")
+    p.add_argument("--messages", type=int, default=100_000, help="fanout: messages (100000)")
+    p.add_argument("--rounds", type=int, default=5, help="fanout: rounds of off+on (5)")
     p.add_argument("--turn", action="store_true",
                    help="fanout: also a server acknowledging per turn, storing nothing")
     args = p.parse_args(argv)
