@@ -3,20 +3,19 @@
 :func:`write_batch` and :func:`prune_chunk` are the store's two kinds of
 write. The server runs them in a child process of its own (``python -m
 twisted_chat.history.writer PATH``, started by :class:`.sqlite.SQLiteHistory`
-for a file database), so that SQLite's work, and the Python around it, runs
-on another core without holding the server's GIL: from a thread, binding a
-batch's parameters and the sqlite3 module's per-statement bookkeeping took
-the GIL from the reactor for longer than the fan-out of the same messages
-(docs/performance.rst, "Message history").
+for a file database), so that SQLite's work and the Python that feeds it
+run on another core and never hold the server's GIL, which a writer thread
+shared with the reactor (docs/performance.rst, "Message history").
 
-The pipe protocol (stdin to the writer, stdout back), one request at a time
-and one reply each, in order: a frame is a 4-byte big-endian length and a
-:mod:`marshal`-encoded value. Requests are ``("write", rows)`` and
-``("prune", cutoff, chunk)``; replies ``(True, result)`` or ``(False,
-reason)``. The writer exits when its stdin closes: when the server stops, or
-dies (``kill -9``), after finishing the write in hand; it ignores SIGINT and
-SIGTERM, which a terminal or a service manager sends the whole process group. Everything it
-acknowledged is committed with a full fsync first.
+The pipe protocol (requests on stdin, replies on stdout): a frame is a
+4-byte big-endian length and a :mod:`marshal`-encoded value. Requests are
+``("write", rows)`` and ``("prune", cutoff, chunk)``; the server may send
+several before the first reply, and they are done one at a time, in order,
+each answered ``(True, result)`` or ``(False, reason)``. Everything answered
+``True`` is committed with a full fsync first. The writer exits when its
+stdin closes: when the server stops, or dies (``kill -9``), after finishing
+the write in hand. It ignores SIGINT and SIGTERM, which a terminal or a
+service manager sends the whole process group.
 """
 
 import marshal
@@ -37,15 +36,15 @@ _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_CHUNK = f"INSERT INTO messages {_COLUMNS} VALUES " + ", ".join([_ROW] * CHUNK)
 _INSERT_ONE = f"INSERT INTO messages {_COLUMNS} VALUES {_ROW}"
 LAST_ID = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),"
-            " coalesce((SELECT max(id) FROM messages), 0))")
+           " coalesce((SELECT max(id) FROM messages), 0))")
 
 
 def write_batch(conn: sqlite3.Connection, rows: List[tuple]) -> int:
     """One transaction for the batch; returns the first row's id.
 
-    ``rows`` are records (``interface.room_message``...): the columns after ``id``. Ids are one
-    past the highest ever used (AUTOINCREMENT's rule, so pruning never makes
-    an id come back), consecutive within the batch.
+    ``rows`` are records (``interface.room_message``...): the columns after
+    ``id``. Ids are one past the highest ever used (AUTOINCREMENT's rule, so
+    pruning never makes an id come back), consecutive within the batch.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
