@@ -12,9 +12,14 @@ import sys
 import tempfile
 import time
 
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_chat.history import private_message, room_message, schema, writer
+from twisted_chat.history import HistoryError, private_message, room_message, schema, writer
+from twisted_chat.history.sqlite import _WriterProcess
 
 
 def frames(data: bytes):
@@ -124,3 +129,45 @@ class ProcessTests(WriterTestCase):
         self.assertIn("cannot open", err)
         self.assertIn("corrupt or not an SQLite database", err)
         self.assertNotIn("Traceback", err)
+
+
+class ServerSideTests(SynchronousTestCase):
+    """The server's end of the pipe, over a StringTransport: framing, replies
+    split across reads, a value that cannot be sent, and the writer's death."""
+
+    def setUp(self):
+        self.proc = _WriterProcess("chat.sqlite", Clock())
+        self.proc.running = True  # as if spawned
+        self.proc.transport = StringTransport()
+
+    def test_requests_framed_replies_matched_in_order(self):
+        first = self.proc.request("write", [room_message("lobby", "lobby", "a", "hi", 1.0)])
+        second = self.proc.request("prune", 5.0, 100)
+        self.assertEqual(frames(self.proc.transport.value()),
+                         [("write", [room_message("lobby", "lobby", "a", "hi", 1.0)]),
+                          ("prune", 5.0, 100)])
+        replies = writer.encode((True, 41)) + writer.encode((False, "OperationalError: disk"))
+        self.proc.outReceived(replies[:3])  # a reply split across reads
+        self.assertNoResult(first)
+        self.proc.outReceived(replies[3:])
+        self.assertEqual(self.successResultOf(first), 41)
+        self.assertIn("disk", str(self.failureResultOf(second, HistoryError).value))
+
+    def test_an_unsendable_value_fails_its_request_only(self):
+        bad = self.proc.request("write", [("message", object())])
+        self.failureResultOf(bad, HistoryError)
+        self.assertEqual(self.proc.transport.value(), b"")
+        good = self.proc.request("write", [])
+        self.proc.outReceived(writer.encode((True, 1)))
+        self.assertEqual(self.successResultOf(good), 1)
+
+    def test_the_writers_death_fails_what_it_had(self):
+        pending = self.proc.request("write", [])
+        self.proc.errReceived(b"cannot open chat.sqlite: it is corrupt\n")
+        self.proc.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        reason = str(self.failureResultOf(pending, HistoryError).value)
+        self.assertIn("corrupt", reason)
+        self.assertFalse(self.proc.running)
+        # Within a second of its start no new writer is started: refused at once.
+        self.proc._spawned_at = self.proc.reactor.seconds()
+        self.failureResultOf(self.proc.request("write", []), HistoryError)

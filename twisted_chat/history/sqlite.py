@@ -96,9 +96,13 @@ class _WriterProcess(ProcessProtocol):
             if self._spawned_at is not None and now - self._spawned_at < self.RESPAWN_DELAY:
                 return _failed("the history writer is restarting")
             self._spawn(now)
+        try:
+            frame = writer.encode(message)
+        except ValueError as e:  # a value marshal cannot carry: that batch fails alone
+            return _failed(f"cannot send it to the history writer: {e}")
         d = Deferred()
         self._pending.append(d)
-        self.transport.write(writer.encode(message))
+        self.transport.write(frame)
         return d
 
     def _spawn(self, now):
