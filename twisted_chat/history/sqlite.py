@@ -30,7 +30,7 @@ from collections import deque
 from typing import Callable, List, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -91,15 +91,15 @@ class _WriterProcess(ProcessProtocol):
     def request(self, *message) -> Deferred:
         if not self.running:
             if self._closing:
-                return _failed("the history writer has stopped")
+                return fail(HistoryError("the history writer has stopped"))
             now = self.reactor.seconds()
             if self._spawned_at is not None and now - self._spawned_at < self.RESPAWN_DELAY:
-                return _failed("the history writer is restarting")
+                return fail(HistoryError("the history writer is restarting"))
             self._spawn(now)
         try:
             frame = writer.encode(message)
         except ValueError as e:  # a value marshal cannot carry: that batch fails alone
-            return _failed(f"cannot send it to the history writer: {e}")
+            return fail(HistoryError(f"cannot send it to the history writer: {e}"))
         d = Deferred()
         self._pending.append(d)
         self.transport.write(frame)
@@ -161,20 +161,19 @@ class _WriterProcess(ProcessProtocol):
         self._exited.append(d)
         self.transport.closeStdin()
         kill = self.reactor.callLater(self.STOP_TIMEOUT, self._kill)
-        d.addBoth(lambda result: (kill.active() and kill.cancel(), result)[1])
-        return d
+
+        def exited(result):
+            if kill.active():
+                kill.cancel()
+            return result
+
+        return d.addBoth(exited)
 
     def _kill(self):
         try:
             self.transport.signalProcess("KILL")
         except Exception:  # gone meanwhile
             pass
-
-
-def _failed(reason: str) -> Deferred:
-    d = Deferred()
-    d.errback(HistoryError(reason))
-    return d
 
 
 @implementer(IHistoryStore)
