@@ -123,7 +123,7 @@ class MemoryHistory:
     def __init__(self):
         self._last_id = 0
 
-    def append(self, record: dict, done: Callable[[int], None], failed=None) -> None:
+    def append(self, record: tuple, done: Callable[[int], None], failed=None) -> None:
         self._last_id += 1
         done(self._last_id)
 
@@ -519,15 +519,9 @@ class Hub:
         # Up to this point of the member's stream and no further: a message
         # stored meanwhile comes live, after the replay, never inside it
         # (the read may run long after it was asked for).
-        upto = self._sent_id
-        if upto is None:
-            upto = getattr(self.history, "last_id_at_start", None)
-        if upto is not None:
-            before = upto + 1 if before is None else min(before, upto + 1)
-        if before is None:
-            d = self.history.recent(room.key, limit)
-        else:
-            d = self.history.before(room.key, before, limit)
+        upto = self._sent_id if self._sent_id is not None else self.history.last_id_at_start
+        before = upto + 1 if before is None else min(before, upto + 1)
+        d = self.history.before(room.key, before, limit)
 
         def arrived(rows):
             request.rows = rows

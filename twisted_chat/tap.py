@@ -213,7 +213,6 @@ def makeService(options) -> service.IService:
     factory.limits.max_clients = _check_descriptors(options["max-clients"],
                                                     options["listen-backlog"])
     store.on_pressure(factory.pause_input, factory.resume_input)
-    reactor.callWhenRunning(tune_gc)
     top = _HistoryChatService(factory, options["shutdown-timeout"], store)
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
@@ -296,8 +295,11 @@ class _HistoryChatService(ChatService):
         self.store = store
 
     def startService(self):
+        from twisted.internet import reactor
+
         self.store.startService()
         super().startService()
+        reactor.callWhenRunning(tune_gc)
 
     def stopService(self):
         d = super().stopService()

@@ -57,7 +57,7 @@ def write_batch(conn: sqlite3.Connection, rows: List[tuple]) -> int:
                 params.extend(row)
             conn.execute(_INSERT_CHUNK, params)
         if full < len(rows):
-            conn.executemany(_INSERT_ONE, [(first + i,) + tuple(rows[i])
+            conn.executemany(_INSERT_ONE, [(first + i,) + rows[i]
                                            for i in range(full, len(rows))])
         conn.execute("COMMIT")
     except BaseException:
