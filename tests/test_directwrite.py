@@ -6,6 +6,7 @@ transport keeps queued are both observable.
 """
 
 import socket
+import time
 
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
@@ -124,3 +125,118 @@ class DirectWriteTests(SynchronousTestCase):
         output.write(b"gone")
         self.assertEqual(list(output.backlog), [])
         self.assertEqual(self.transport._tempDataLen, 0)
+
+
+class _Connections:
+    """``n`` real loopback connections: server-side tcp.Server transports with
+    a BoundedOutput each (MemoryReactor: no reactor runs), and the peers."""
+
+    def __init__(self, case, n):
+        from twisted_chat.limits import BoundedOutput
+
+        listener = socket.create_server(("127.0.0.1", 0), backlog=n)
+        case.addCleanup(listener.close)
+        self.reactor = MemoryReactor()
+        self.peers, self.transports, self.outputs = [], [], []
+        for _ in range(n):
+            peer = socket.create_connection(listener.getsockname())
+            case.addCleanup(peer.close)
+            sock, addr = listener.accept()
+            sock.setblocking(False)
+            case.addCleanup(sock.close)
+            transport = tcp.Server(sock, _TLSLayer(), addr, _Port(), 1, self.reactor)
+            case.addCleanup(transport.connectionLost, Failure(ConnectionDone()))
+            self.peers.append(peer)
+            self.transports.append(transport)
+            self.outputs.append(BoundedOutput(transport, 1 << 20, lambda: None))
+
+    @staticmethod
+    def received(peer, expected):
+        peer.settimeout(5)
+        data = b""
+        while len(data) < expected:
+            chunk = peer.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+class WriteManyTests(SynchronousTestCase):
+    """directwrite.write_many: one pass for a room's share, the usual path
+    for every output whose state is not idle."""
+
+    def test_idle_outputs_get_the_bytes_at_once(self):
+        c = _Connections(self, 5)
+        directwrite.write_many(c.outputs, b"hello\r\n")
+        for peer, transport in zip(c.peers, c.transports):
+            self.assertEqual(c.received(peer, 7), b"hello\r\n")
+            self.assertEqual(transport._tempDataLen, 0)
+        self.assertEqual(c.reactor.getWriters(), [])
+
+    def test_outputs_that_are_not_idle_take_their_usual_path(self):
+        from twisted_chat.limits import BoundedOutput
+
+        c = _Connections(self, 5)
+        paused, queued, closing, idle, closed = c.outputs
+        paused.pauseProducing()
+        c.transports[1].write(b"first ")  # queued by Twisted, not sent yet
+        c.transports[2].disconnecting = True
+        closed.abandon()
+        other = StringTransport()
+        plain = BoundedOutput(other, 1 << 20, lambda: None)  # not plain TCP
+        self.assertIsNone(plain.socket)
+
+        directwrite.write_many([paused, queued, plain, closing, idle, closed], b"data")
+
+        self.assertEqual(list(paused.backlog), [b"data"])
+        self.assertEqual(c.transports[0]._tempDataLen, 0)
+        self.assertEqual(c.transports[1]._tempDataBuffer, [b"first ", b"data"])
+        self.assertEqual(c.transports[2]._tempDataBuffer, [b"data"])
+        self.assertEqual(other.value(), b"data")
+        self.assertEqual(c.received(c.peers[3], 4), b"data")
+        self.assertEqual(c.transports[4]._tempDataLen, 0)  # closed: dropped
+        self.assertEqual(list(closed.backlog), [])
+        c.transports[1].doWrite()
+        self.assertEqual(c.received(c.peers[1], 10), b"first data")
+
+    def test_what_a_socket_does_not_take_is_queued_behind(self):
+        c = _Connections(self, 3)
+        big = bytes(range(256)) * 40000  # ~10 MB: more than a socket takes
+        directwrite.write_many(c.outputs, big)
+        for transport in c.transports:
+            self.assertGreater(transport._tempDataLen, 0)
+            self.assertLess(transport._tempDataLen, len(big))
+        directwrite.write_many(c.outputs, b"tail")  # not idle now: behind the rest
+        for peer, transport in zip(c.peers, c.transports):
+            got = b""
+            peer.settimeout(5)
+            while len(got) < len(big) + 4:
+                if transport._tempDataLen or transport.dataBuffer:
+                    transport.doWrite()
+                try:
+                    got += peer.recv(1 << 20)
+                except socket.timeout:
+                    break
+            self.assertEqual(got, big + b"tail")
+
+    def test_a_failing_send_leaves_the_error_to_the_transport(self):
+        import struct
+
+        c = _Connections(self, 3)
+        # The middle peer resets its connection: sending to it fails.
+        c.peers[1].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.peers[1].close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                c.transports[1].socket.send(b"")
+                c.transports[1].socket.recv(1)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break  # the reset has arrived
+        directwrite.write_many(c.outputs, b"data")
+        self.assertEqual(c.received(c.peers[0], 4), b"data")
+        self.assertEqual(c.received(c.peers[2], 4), b"data")
+        self.assertEqual(c.transports[1]._tempDataBuffer, [b"data"])

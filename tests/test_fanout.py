@@ -57,9 +57,9 @@ class CoalescingTests(ProtocolTestCase):
         ws = [self.connect(f"w{i}") for i in range(3)]
         pushed = []
         for w in ws:
-            original = w.proto.push
-            w.proto.push = lambda data, original=original: (pushed.append(data),
-                                                            original(data))
+            original = w.proto.output.write
+            w.proto.output.write = lambda data, original=original: (pushed.append(data),
+                                                                    original(data))
         self.same_turn((a, b"hi\nthere\n"))
         self.assertEqual(len(pushed), 3)
         self.assertTrue(all(p is pushed[0] for p in pushed))
@@ -85,6 +85,14 @@ class CoalescingTests(ProtocolTestCase):
             ("message", "m3")])
         self.assertEqual(types(a.events()), [
             ("message", "m1"), ("message", "m2"), ("private", "psst"), ("message", "m3")])
+
+    def test_a_direct_event_before_the_turns_first_room_event_goes_first(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        writes = CountingWrites(b)
+        self.same_turn((b, b"/ping p\n"), (a, b"m1\n"), (a, b"m2\n"))
+        self.assertEqual(types(b.events()), [("pong", "p"), ("message", "m1"),
+                                             ("message", "m2")])
+        self.assertEqual(writes.calls, 1)
 
     def test_joiner_mid_turn_sees_only_what_follows_its_join(self):
         a, b = self.connect("alice"), self.connect("bob")

@@ -11,13 +11,17 @@ Members whose share differs are the exception and get their own slice:
 - a member that joined mid-turn gets only what followed its join;
 - a member that receives a direct event (``names``, ``pong``, ``private``...)
   or leaves mid-turn is *caught up* first (:func:`catch_up`): the room events
-  it was owned so far are given to it before the direct event, so its causal
+  it was owed so far are given to it before the direct event, so its causal
   order holds, and the flush only gives it the rest.
 
 A member takes part through its ``sink`` (an object with ``mode`` and
-``push(bytes)``, the connection). A member without a sink, or whose
-``deliver`` has been swapped away from ``direct`` (e.g. while its history
-replay holds live events), is served event by event through ``deliver``.
+``push(bytes)``, the connection); a sink class with a static
+``push_many(sinks, bytes)`` gets all its sinks that share one blob in one
+call (the protocol's writes them in one pass: at 10,000 members a Python call
+per member is a fifth of the fan-out's time). A member without a sink, or
+whose ``deliver`` has been swapped away from ``direct`` (e.g. while its
+history replay holds live events), is served event by event through
+``deliver``.
 No transport here: the hub calls these, the protocol layer is the sink.
 """
 
@@ -111,18 +115,36 @@ def flush(room) -> None:
     end = len(events)
     senders, cursors = batch.senders, batch.cursors
     special = bool(senders or cursors)
-    blobs = {}
-    # A copy: a push can drop a slow consumer, which leaves the room.
-    for member in list(room.members):
-        if member.room is not room:
-            continue
+    shares = {}  # mode -> the sinks that get the whole batch
+    others = []
+    for member in room.members:
         sink = member.sink
         if (sink is not None and member.deliver is member.direct
                 and not (special and (member in senders or member in cursors))):
-            mode = sink.mode
-            blob = blobs.get(mode)
-            if blob is None:
-                blob = blobs[mode] = b"".join([e.encode(mode) for e, _ in events])
-            sink.push(blob)
+            group = shares.get(sink.mode)
+            if group is None:
+                group = shares[sink.mode] = []
+            group.append(sink)
         else:
+            others.append(member)
+    # Pushing can drop a slow consumer, which leaves the room: the groups are
+    # copies, and each member of ``others`` is checked before it is served.
+    for mode, sinks in shares.items():
+        _push_all(sinks, b"".join([e.encode(mode) for e, _ in events]))
+    for member in others:
+        if member.room is room:
             _give(member, events, cursors.get(member, 0), end)
+
+
+def _push_all(sinks, blob):
+    """``sink.push(blob)`` for each sink; in one call where their kind has
+    ``push_many(sinks, blob)`` (the protocol's, which writes in one pass)."""
+    kinds = set(map(type, sinks))
+    for kind in kinds:
+        same = sinks if len(kinds) == 1 else [s for s in sinks if type(s) is kind]
+        many = getattr(kind, "push_many", None)
+        if many is not None:
+            many(same, blob)
+        else:
+            for sink in same:
+                sink.push(blob)

@@ -81,6 +81,8 @@ class BoundedOutput:
     by the transport's buffer plus ``limit`` plus one write.
     """
 
+    socket = None  # set when the transport is plain TCP (see directwrite)
+
     def __init__(self, transport, limit: int, overflow):
         self.transport = transport
         self.limit = limit
@@ -94,6 +96,9 @@ class BoundedOutput:
         direct = directwrite.writer(transport, self)
         if direct is not None:
             self.write = direct
+            # For directwrite.write_many, which sends a room's share to many
+            # outputs in one pass when their state allows it.
+            self.socket = transport.socket
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:

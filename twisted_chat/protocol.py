@@ -9,7 +9,9 @@ with a bounded backlog), so a client that stops reading is cut off instead of
 growing the server's memory.
 """
 
+import itertools
 import socket
+from operator import attrgetter
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -19,7 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from . import events, fanout, limits
+from . import directwrite, events, fanout, limits
 from .commands import HELP, parse, strip_controls
 from .errors import ChatError
 from .events import JSON, TEXT, Event
@@ -31,6 +33,8 @@ SHUTDOWN_REASON = "server shutting down"
 # TCP keepalive on accepted sockets: a peer that vanished (power cut, cable
 # pulled) is noticed after about KEEPIDLE + KEEPINTVL * KEEPCNT seconds.
 KEEPIDLE, KEEPINTVL, KEEPCNT = 60, 15, 4
+_QUEUED = attrgetter("_out")
+_OUTPUT = attrgetter("output")
 
 
 class ChatProtocol(LineReceiver, TimeoutMixin):
@@ -318,6 +322,17 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self._out.append(data)  # behind this turn's direct events
         else:
             self.output.write(data)
+
+    @staticmethod
+    def push_many(sinks, data):
+        """``sink.push(data)`` for each of ``sinks`` (ChatProtocols), in one pass."""
+        queued = list(map(_QUEUED, sinks))
+        if any(queued):
+            # Direct events wait this turn: the share goes behind them.
+            for sink in itertools.compress(sinks, queued):
+                sink._out.append(data)
+            sinks = [s for s, q in zip(sinks, queued) if not q]
+        directwrite.write_many(list(map(_OUTPUT, sinks)), data)
 
     def flush(self):
         if self._out:
