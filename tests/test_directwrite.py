@@ -162,65 +162,26 @@ class _Connections:
         return data
 
 
-class WriteManyTests(SynchronousTestCase):
-    """directwrite.write_many: one pass for a room's share, the usual path
-    for every output whose state is not idle."""
+class SendAllTests(SynchronousTestCase):
+    """directwrite.idle and directwrite.send_all, over real sockets."""
 
-    def test_idle_outputs_get_the_bytes_at_once(self):
-        c = _Connections(self, 5)
-        directwrite.write_many(c.outputs, b"hello\r\n")
-        for peer, transport in zip(c.peers, c.transports):
-            self.assertEqual(c.received(peer, 7), b"hello\r\n")
-            self.assertEqual(transport._tempDataLen, 0)
-        self.assertEqual(c.reactor.getWriters(), [])
-
-    def test_outputs_that_are_not_idle_take_their_usual_path(self):
+    def test_idle_is_the_direct_writers_condition(self):
         from twisted_chat.limits import BoundedOutput
 
         c = _Connections(self, 5)
-        paused, queued, closing, idle, closed = c.outputs
+        self.assertEqual([directwrite.idle(o) for o in c.outputs], [True] * 5)
+        paused, queued, closing, closed, fine = c.outputs
         paused.pauseProducing()
-        c.transports[1].write(b"first ")  # queued by Twisted, not sent yet
+        c.transports[1].write(b"queued")
         c.transports[2].disconnecting = True
         closed.abandon()
-        other = StringTransport()
-        plain = BoundedOutput(other, 1 << 20, lambda: None)  # not plain TCP
-        self.assertIsNone(plain.socket)
+        self.assertEqual([directwrite.idle(o) for o in c.outputs],
+                         [False, False, False, False, True])
+        paused.resumeProducing()
+        self.assertTrue(directwrite.idle(paused))
+        self.assertFalse(directwrite.idle(BoundedOutput(StringTransport(), 100, lambda: None)))
 
-        directwrite.write_many([paused, queued, plain, closing, idle, closed], b"data")
-
-        self.assertEqual(list(paused.backlog), [b"data"])
-        self.assertEqual(c.transports[0]._tempDataLen, 0)
-        self.assertEqual(c.transports[1]._tempDataBuffer, [b"first ", b"data"])
-        self.assertEqual(c.transports[2]._tempDataBuffer, [b"data"])
-        self.assertEqual(other.value(), b"data")
-        self.assertEqual(c.received(c.peers[3], 4), b"data")
-        self.assertEqual(c.transports[4]._tempDataLen, 0)  # closed: dropped
-        self.assertEqual(list(closed.backlog), [])
-        c.transports[1].doWrite()
-        self.assertEqual(c.received(c.peers[1], 10), b"first data")
-
-    def test_what_a_socket_does_not_take_is_queued_behind(self):
-        c = _Connections(self, 3)
-        big = bytes(range(256)) * 40000  # ~10 MB: more than a socket takes
-        directwrite.write_many(c.outputs, big)
-        for transport in c.transports:
-            self.assertGreater(transport._tempDataLen, 0)
-            self.assertLess(transport._tempDataLen, len(big))
-        directwrite.write_many(c.outputs, b"tail")  # not idle now: behind the rest
-        for peer, transport in zip(c.peers, c.transports):
-            got = b""
-            peer.settimeout(5)
-            while len(got) < len(big) + 4:
-                if transport._tempDataLen or transport.dataBuffer:
-                    transport.doWrite()
-                try:
-                    got += peer.recv(1 << 20)
-                except socket.timeout:
-                    break
-            self.assertEqual(got, big + b"tail")
-
-    def test_a_failing_send_leaves_the_error_to_the_transport(self):
+    def test_each_socket_gets_the_bytes_and_a_failure_is_reported_as_0(self):
         import struct
 
         c = _Connections(self, 3)
@@ -230,13 +191,20 @@ class WriteManyTests(SynchronousTestCase):
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:
-                c.transports[1].socket.send(b"")
                 c.transports[1].socket.recv(1)
             except BlockingIOError:
                 time.sleep(0.01)
             except OSError:
                 break  # the reset has arrived
-        directwrite.write_many(c.outputs, b"data")
+        socks = [t.socket for t in c.transports]
+        self.assertEqual(directwrite.send_all(socks, b"data"), [4, 0, 4])
         self.assertEqual(c.received(c.peers[0], 4), b"data")
         self.assertEqual(c.received(c.peers[2], 4), b"data")
-        self.assertEqual(c.transports[1]._tempDataBuffer, [b"data"])
+
+    def test_a_partial_take_is_reported(self):
+        c = _Connections(self, 2)
+        big = bytes(range(256)) * 40000  # ~10 MB: more than a socket takes
+        sent = directwrite.send_all([t.socket for t in c.transports], big)
+        for k in sent:
+            self.assertGreater(k, 0)
+            self.assertLess(k, len(big))

@@ -17,9 +17,10 @@ otherwise:
   error, goes to ``transport.write``: Twisted queues it, watches the socket,
   pauses producers and reports the error on its own path, as usual.
 
-:func:`write_many` does the same for a whole room's fan-out in one pass: the
-state checks and the ``send`` calls run in C (``operator.attrgetter``,
-``map``) instead of a Python call per member.
+:func:`send_all` sends one room share to many such sockets in one C loop
+(``map``); its caller (``ChatProtocol.push_express``) keeps, per member, a
+handle that is set only while :func:`idle` holds, and completes whatever a
+socket did not take through the transport.
 """
 
 import itertools
@@ -43,10 +44,7 @@ def writer(transport, output=None):
         return None
     send = transport.socket.send
 
-    def direct(data):
-        if output is not None and (output.paused or output.closed):
-            output.hold(data)
-            return
+    def write(data):
         t = transport
         if (t._tempDataLen or t.dataBuffer or t.disconnecting or not t.connected
                 or t._writeDisconnected or t.TLS):
@@ -62,57 +60,38 @@ def writer(transport, output=None):
         if sent < len(data):
             t.write(data[sent:] if sent else data)
 
+    if output is None:
+        return write
+
+    def direct(data):
+        if output.paused or output.closed:
+            output.hold(data)
+        else:
+            write(data)
+        output.changed()
+
     return direct
 
 
-# What write_many reads of each output: the direct writer's conditions, in
-# its order. An output whose state equals _IDLE may be sent to at once.
-# What write_many reads of each output: the direct writer's conditions. An
-# output whose state equals _IDLE is neither paused nor closed, and its
-# transport is connected, not closing, and holds no data of its own.
+# The direct writer's conditions, read in one C call: an output whose state
+# equals _IDLE is neither paused nor closed, and its transport is connected,
+# not closing, and holds no data of its own.
 _STATE = attrgetter("paused", "closed", "transport._tempDataLen", "transport.dataBuffer",
                     "transport.disconnecting", "transport.connected",
                     "transport._writeDisconnected", "transport.TLS")
 _IDLE = (False, False, 0, b"", False, True, False, False)
-_SOCKET = attrgetter("socket")
 _send = socket.socket.send
 
 
-def write_many(outputs, data: bytes) -> None:
-    """``output.write(data)`` for every one of ``outputs`` (BoundedOutputs).
-
-    Outputs on an idle plain-TCP transport, neither paused nor closed, are
-    sent to in one pass (:func:`send_all`), straight after their state is
-    read; the others, and whatever the kernel does not take, go through the
-    usual path afterwards.
-    """
-    socks = list(map(_SOCKET, outputs))
-    others = []
-    if None in socks:  # not plain TCP: their own write
-        others = [o for o, s in zip(outputs, socks) if s is None]
-        outputs = [o for o, s in zip(outputs, socks) if s is not None]
-        socks = [s for s in socks if s is not None]
-    states = list(map(_STATE, outputs))
-    if states.count(_IDLE) != len(states):
-        # Paused, closed, or data queued: the usual path, never overtaken.
-        idle = [state == _IDLE for state in states]
-        others += [o for o, i in zip(outputs, idle) if not i]
-        outputs = list(itertools.compress(outputs, idle))
-        socks = list(itertools.compress(socks, idle))
-    n = len(data)
-    sent = send_all(socks, data)
-    if sent.count(n) != len(sent):
-        for output, k in zip(outputs, sent):
-            if k != n:
-                # Full socket buffer, or an error: the transport queues the
-                # rest, watches the socket, and meets any error its own way.
-                output.transport.write(data[k:] if k else data)
-    for output in others:
-        output.write(data)
+def idle(output) -> bool:
+    """Whether bytes for ``output`` (a BoundedOutput) may go straight to its
+    socket now: plain TCP, not paused or closed, nothing queued."""
+    return output.socket is not None and _STATE(output) == _IDLE
 
 
 def send_all(socks, data: bytes):
-    """Bytes sent to each socket (0 where ``send`` raised), in order."""
+    """``sock.send(data)`` on each of ``socks``, in one C loop: the bytes each
+    took, in order (0 where ``send`` raised)."""
     sent = []
     it = map(_send, socks, itertools.repeat(data))
     while True:

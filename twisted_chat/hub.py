@@ -42,7 +42,8 @@ class Member:
     """One connection's identity in the hub."""
 
     __slots__ = ("nick", "key", "room", "echo", "deliver", "account", "direct", "sink",
-                 "gone", "_live", "_held", "_replayed", "__weakref__")
+                 "express", "express_via", "gone", "_live", "_held", "_replayed",
+                 "__weakref__")
 
     def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None):
         self.nick = nick
@@ -58,6 +59,12 @@ class Member:
         # the ``direct`` one it was born with; otherwise event by event.
         self.direct = deliver
         self.sink = sink
+        # Kept by the sink: while ``express`` is not None, the room's share may
+        # be handed to ``express_via`` = (push_express, mode) in bulk with
+        # this handle, instead of going through ``sink.push``. Both live here,
+        # next to ``deliver``, so the flush reads only the member objects.
+        self.express = None
+        self.express_via = None
         self.gone = False  # disconnected: queued events skip it
         # While history is being fetched for this member, ``deliver`` is
         # swapped for one that queues events in ``_held`` behind the fetch;

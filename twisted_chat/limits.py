@@ -67,6 +67,10 @@ class TokenBucket:
 
 
 @implementer(IPushProducer)
+def _nothing():
+    pass
+
+
 class BoundedOutput:
     """The one way bytes leave for a connection: straight to the transport
     while it keeps up, into a bounded backlog while it is paused.
@@ -83,10 +87,14 @@ class BoundedOutput:
 
     socket = None  # set when the transport is plain TCP (see directwrite)
 
-    def __init__(self, transport, limit: int, overflow):
+    def __init__(self, transport, limit: int, overflow, changed=None):
         self.transport = transport
         self.limit = limit
         self.overflow = overflow
+        # Called whenever whether bytes could go straight to the socket may
+        # have changed (paused, resumed, closed, a direct write done or
+        # refused): the protocol keeps its member's express handle by it.
+        self.changed = changed or _nothing
         self.paused = False
         self.closed = False
         self.backlog = collections.deque()
@@ -96,8 +104,7 @@ class BoundedOutput:
         direct = directwrite.writer(transport, self)
         if direct is not None:
             self.write = direct
-            # For directwrite.write_many, which sends a room's share to many
-            # outputs in one pass when their state allows it.
+            # The handle of a member's express share (see ChatProtocol).
             self.socket = transport.socket
         transport.registerProducer(self, True)
 
@@ -128,6 +135,7 @@ class BoundedOutput:
             self._drop()
             self.transport.write(data)
         self.transport.unregisterProducer()
+        self.changed()
 
     def abandon(self) -> None:
         """Drop the backlog unwritten and let go of the transport."""
@@ -135,6 +143,7 @@ class BoundedOutput:
             self.closed = True
             self._drop()
             self.transport.unregisterProducer()
+            self.changed()
 
     def _drop(self):
         self.backlog.clear()
@@ -144,6 +153,7 @@ class BoundedOutput:
 
     def pauseProducing(self):
         self.paused = True
+        self.changed()
 
     def resumeProducing(self):
         self.paused = False
@@ -155,10 +165,12 @@ class BoundedOutput:
             data = backlog.popleft()
             self.backlog_bytes -= len(data)
             write(data)
+        self.changed()
 
     def stopProducing(self):
         self.closed = True
         self._drop()
+        self.changed()
 
 
 class ConnectionLimits:

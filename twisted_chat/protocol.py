@@ -9,9 +9,7 @@ with a bounded backlog), so a client that stops reading is cut off instead of
 growing the server's memory.
 """
 
-import itertools
 import socket
-from operator import attrgetter
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -33,14 +31,16 @@ SHUTDOWN_REASON = "server shutting down"
 # TCP keepalive on accepted sockets: a peer that vanished (power cut, cable
 # pulled) is noticed after about KEEPIDLE + KEEPINTVL * KEEPCNT seconds.
 KEEPIDLE, KEEPINTVL, KEEPCNT = 60, 15, 4
-_QUEUED = attrgetter("_out")
-_OUTPUT = attrgetter("output")
 
 
 class ChatProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger()
     output = None  # the BoundedOutput, once the connection is admitted
+    # The member whose express handle this connection keeps: unlike
+    # ``member`` it stays set after a shutdown() (whose member stays in its
+    # room), so that closing the output still clears the handle.
+    _express_to = None
 
     def __init__(self):
         self.mode = TEXT
@@ -69,9 +69,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if factory.input_paused:
             self.transport.pauseProducing()
         _tune_socket(self.transport)
-        self.output = limits.BoundedOutput(self.transport, factory.max_backlog, self._too_slow)
+        self.output = limits.BoundedOutput(self.transport, factory.max_backlog, self._too_slow,
+                                           changed=self._express)
         self.bucket = limits.TokenBucket(factory.rate, factory.burst, factory.clock)
-        self.member = factory.hub.connect(self.deliver, sink=self)
+        self.member = self._express_to = factory.hub.connect(self.deliver, sink=self)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
         self.deliver(factory.hub.welcome(self.member))
         if not factory.hub.guests:
@@ -315,6 +316,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         out.append(event.encode(self.mode))
         if len(out) == 1:
             self.factory.dirty(self)
+            if self._express_to is not None:
+                self._express_to.express = None  # the room's share goes behind it
 
     def push(self, data):
         """A pre-encoded share of room events (the fan-out sink)."""
@@ -323,16 +326,42 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         else:
             self.output.write(data)
 
+    # -- express: the room's share straight to the socket, in bulk ----------
+    #
+    # While this connection's output is idle plain TCP and nothing of its own
+    # waits in _out, its member carries the socket as ``express``: the room
+    # flush then sends its share with everybody else's in one C loop
+    # (push_express) instead of push -> output.write -> send per member. The
+    # handle is cleared before anything makes that unsafe (an event queued in
+    # _out; the output paused, closed, or left with queued bytes by a write)
+    # and set again when a write through the normal path finds it safe.
+
+    def _express(self):
+        """Set or clear the member's express handle from the current state."""
+        member = self._express_to
+        if member is None:
+            return
+        output = self.output
+        if not self._out and output is not None and directwrite.idle(output):
+            member.express = output.socket
+            member.express_via = _EXPRESS[self.mode]
+        else:
+            member.express = None
+
     @staticmethod
-    def push_many(sinks, data):
-        """``sink.push(data)`` for each of ``sinks`` (ChatProtocols), in one pass."""
-        queued = list(map(_QUEUED, sinks))
-        if any(queued):
-            # Direct events wait this turn: the share goes behind them.
-            for sink in itertools.compress(sinks, queued):
-                sink._out.append(data)
-            sinks = [s for s, q in zip(sinks, queued) if not q]
-        directwrite.write_many(list(map(_OUTPUT, sinks)), data)
+    def push_express(members, socks, data):
+        """The room share ``data`` to each member's socket, in one pass; what
+        a socket does not take goes to its transport, as the direct writer's
+        rest does."""
+        sent = directwrite.send_all(socks, data)
+        n = len(data)
+        if sent.count(n) != len(sent):
+            for member, k in zip(members, sent):
+                if k != n:
+                    member.express = None  # bytes queued now: not until drained
+                    sink = member.sink
+                    sink.output.transport.write(data[k:] if k else data)
+                    sink._express()
 
     def flush(self):
         if self._out:
@@ -365,6 +394,11 @@ def _peer(transport):
     if host is None:
         return str(addr), None
     return f"{host}:{addr.port}", host
+
+
+# A member's express_via: the flush groups members by it and calls its
+# function with each group (see twisted_chat.fanout).
+_EXPRESS = {mode: (ChatProtocol.push_express, mode) for mode in (TEXT, JSON)}
 
 
 def _tune_socket(transport):
