@@ -111,18 +111,27 @@ class CompilerMissingTests(SynchronousTestCase):
 
 class CommandLineTests(SynchronousTestCase):
     def test_custom_scenario_reports_ratios_and_json(self):
+        self.run_custom([])
+
+    def test_the_python_generator_on_request(self):
+        results = self.run_custom(["--generator", "python"])
+        self.assertEqual(results["generator"], "python")
+
+    def run_custom(self, extra):
         fd, path = tempfile.mkstemp(suffix=".json")
         os.close(fd)
         self.addCleanup(os.unlink, path)
         out = io.StringIO()
         with redirect_stdout(out):
             cli.main(["--members", "5", "--senders", "1", "--rate", "20", "--duration", "0.5",
-                      "--json", path])
+                      "--json", path] + extra)
         text = out.getvalue()
         self.assertIn("RATIO ours/bare p99", text)
         with open(path) as f:
-            results = json.load(f)["scenarios"]["custom"]["results"]
+            everything = json.load(f)
+        results = everything["scenarios"]["custom"]["results"]
         for kind in ("ours", "bare"):
             step = results[kind]["steps"][0]
             self.assertEqual(step["delivery"], 1.0, text)
             self.assertGreater(results[kind]["rss_idle_kb"], 0)
+        return everything

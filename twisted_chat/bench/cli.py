@@ -215,11 +215,11 @@ def main(argv=None):
                    help="sweep: failed steps retried per server (2)")
     p.add_argument("--workers", type=int,
                    help="load generator processes (default: 1, or 2 for the 10k scenario)")
-    p.add_argument("--generator", choices=("python", "c"), default="python",
-                   help="load generator: python (worker processes, the default) or c "
-                        "(one epoll process compiled from cgen.c with cc -O2; every "
-                        "receiver samples latency unless --defer-reads; falls back to python "
-                        "without cc)")
+    p.add_argument("--generator", choices=("auto", "python", "c"), default="auto",
+                   help="load generator: c (one epoll process compiled from cgen.c with "
+                        "cc -O2; every receiver samples latency unless --defer-reads), "
+                        "python (worker processes), or auto, the default: c where a C "
+                        "compiler is found, else python")
     p.add_argument("--defer-reads", action="store_true",
                    help="C generator: while messages are sent, read only the --probes "
                         "receivers (which sample latency); read the rest after the last "
@@ -237,7 +237,7 @@ def main(argv=None):
     raise_fd_limit()
     args.generator_class = LoadGenerator
     args.generator_name = "python"
-    if args.generator == "c":
+    if args.generator in ("c", "auto"):
         if compiler() is None:
             print("no C compiler (cc, or $CC) on PATH: using the Python load generator",
                   flush=True)
