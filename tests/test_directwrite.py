@@ -9,11 +9,13 @@ import socket
 import time
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from twisted_chat import directwrite
 
@@ -112,6 +114,7 @@ class DirectWriteTests(SynchronousTestCase):
 
         overflowed = []
         output = BoundedOutput(self.transport, 100, lambda: overflowed.append(True))
+        self.assertTrue(verifyObject(IPushProducer, output))
         self.assertIsNot(output.write, BoundedOutput.write)  # the direct writer
         output.write(b"now\r\n")
         self.assertEqual(self.received(5), b"now\r\n")

@@ -66,11 +66,11 @@ class TokenBucket:
         return False
 
 
-@implementer(IPushProducer)
 def _nothing():
     pass
 
 
+@implementer(IPushProducer)
 class BoundedOutput:
     """The one way bytes leave for a connection: straight to the transport
     while it keeps up, into a bounded backlog while it is paused.
