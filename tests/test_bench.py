@@ -51,6 +51,13 @@ class LoadGeneratorTests(SynchronousTestCase):
         raw["received"] = 50
         self.assertTrue(cli.summarize(raw, 10, 1.0, 0.5, 1000)["ok"])
 
+    def test_a_scenario_target_tightens_the_latency_limit(self):
+        raw = {"sent": 10, "received": 50, "receivers": 6, "samples": [150_000] * 100,
+               "cpu": 0.1, "wall": 1.5, "errors": 0}
+        self.assertTrue(cli.summarize(raw, 10, 1.0, 0.5, 1000)["ok"])  # 150 ms <= 250
+        self.assertFalse(cli.summarize(raw, 10, 1.0, 0.5, 1000, max_p99_ms=100.0)["ok"])
+        self.assertEqual(cli.SCENARIOS["10k"]["max_p99_ms"], 100.0)
+
 
 class CLoadGeneratorTests(SynchronousTestCase):
     """The optional C generator (cgen.c), compiled here with the real ``cc``."""

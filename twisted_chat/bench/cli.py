@@ -21,7 +21,9 @@ SCENARIOS = {
     "1000": dict(members=1000, senders=50, sweep=True, rate=50.0),
     # Two generator processes: 10,000 receiving sockets are more than one
     # Python process reads in time.
-    "10k": dict(members=10000, senders=10, sweep=False, rate=10.0, workers=2, duration=5.0),
+    # max_p99_ms: issue 7's target for this scenario (default: MAX_P99_MS).
+    "10k": dict(members=10000, senders=10, sweep=False, rate=10.0, workers=2, duration=5.0,
+                max_p99_ms=100.0),
 }
 MAX_P99_MS = 250.0
 
@@ -33,7 +35,7 @@ def percentile(sorted_values, q):
     return sorted_values[i]
 
 
-def summarize(raw, rate, duration, cpu_server, rss_peak_kb):
+def summarize(raw, rate, duration, cpu_server, rss_peak_kb, max_p99_ms=MAX_P99_MS):
     receivers = raw["receivers"]
     expected = raw["sent"] * max(receivers - 1, 0)
     lat = sorted(raw["samples"])
@@ -54,7 +56,7 @@ def summarize(raw, rate, duration, cpu_server, rss_peak_kb):
         "rss_peak_kb": rss_peak_kb,
         "errors": raw["errors"],
     }
-    step["ok"] = bool(expected) and raw["received"] >= expected and ms[2] <= MAX_P99_MS
+    step["ok"] = bool(expected) and raw["received"] >= expected and ms[2] <= max_p99_ms
     return step
 
 
@@ -111,7 +113,8 @@ class Subject:
             cpu0 = server.cpu_seconds()
             with RSSSampler(server) as sampler:
                 raw = gen.run(rate, duration, pad=self.args.pad)
-            step = summarize(raw, rate, duration, server.cpu_seconds() - cpu0, sampler.peak)
+            step = summarize(raw, rate, duration, server.cpu_seconds() - cpu0, sampler.peak,
+                             sc.get("max_p99_ms", MAX_P99_MS))
             self.out(fmt_step(self.kind, step))
             gen.settle(quiet=0.3, timeout=10)
             if not step["ok"] and sc["sweep"] and self.retries > 0:
@@ -179,8 +182,10 @@ def report(name, sc, results, out):
         for r in (ours, bare):
             if r and r["steps"]:
                 s = r["steps"][-1]
+                limit = sc.get("max_p99_ms", MAX_P99_MS)
                 out(f"  {r['server']:>4} {s['rate']:.0f} msgs/s: delivered "
-                    f"{100 * s['delivery']:.2f}%, p99 {s['p99_ms']:.1f} ms, "
+                    f"{100 * s['delivery']:.2f}%, p99 {s['p99_ms']:.1f} ms "
+                    f"(100% and p99 <= {limit:.0f} ms: {'met' if s['ok'] else 'NOT met'}), "
                     f"peak RSS {s['rss_peak_kb'] / 1024:.0f} MB")
         if ours and bare and ours["steps"] and bare["steps"]:
             o, b = ours["steps"][-1], bare["steps"][-1]

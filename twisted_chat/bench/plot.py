@@ -55,7 +55,7 @@ def _bars(top, bottom, sc, styles):
     top.set_ylabel("delivered (M lines/s)")
     bottom.bar(kinds, [s["p99_ms"] for s in last], color=colors)
     bottom.set_ylabel("p99 latency (ms)")
-    bottom.axhline(250, color="red", lw=0.8, ls=":")
+    bottom.axhline(sc.get("max_p99_ms", 250), color="red", lw=0.8, ls=":")
     for ax, values, fmt in ((top, [100 * s["delivery"] for s in last], "{:.1f}%"),
                             (bottom, [s["p99_ms"] for s in last], "{:.0f} ms")):
         for x, v in enumerate(values):
