@@ -97,6 +97,8 @@ class FuzzTests(SynchronousTestCase):
             elif then != "lose":
                 clock.advance(then)
             clock.advance(0)
+            for room in factory.hub.rooms.values():  # kept as members come and go
+                self.assertEqual(room.nicks(), [m.nick for m in room.members])
         clock.advance(5)
         for who in range(3):  # half-lines still buffered at disconnect
             if who not in lost:

@@ -109,6 +109,19 @@ class RegistrationTests(ProtocolTestCase):
                                      "ts": events[0]["ts"]})
         self.assertEqual(events[1], {"type": "names", "room": "Dev", "nicks": ["guest1"]})
 
+    def test_names_follow_joins_renames_and_parts_in_join_order(self):
+        a, b, c = self.connect("alice"), self.connect("bob"), self.connect("carol")
+        b.send(b"/nick bee\n")
+        a.send(b"/join elsewhere\n")
+        c.proto.connectionLost(_closed())
+        d = self.connect()
+        d.send(b"/nick dave\n")
+        names = [e for e in d.events() if e["type"] == "names"][-1]
+        self.assertEqual(names["nicks"], ["bee", "dave"])
+        b.send(b"/who\n")
+        self.assertEqual([e["nicks"] for e in b.events() if e["type"] == "names"],
+                         [["bee", "dave"]])
+
     def test_disconnect_before_registration_is_silent(self):
         watcher = self.connect("watcher")
         c = self.connect()
