@@ -8,6 +8,7 @@ at the previous version, not half-way. A file written by a newer
 twisted-chat (a version we have no file for) is refused, never touched.
 """
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -57,20 +58,28 @@ def upgrade(conn: sqlite3.Connection) -> int:
             f"this one knows up to {LATEST})")
     scripts = schema_files()
     for version in range(current + 1, LATEST + 1):
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with immediate(conn):
             # executescript would commit first; run statement by statement so
             # the script and its version bump share one transaction.
             for statement in _statements(scripts[version]):
                 conn.execute(statement)
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
     return LATEST
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection):
+    """One write transaction (autocommit mode): BEGIN IMMEDIATE, then COMMIT,
+    or ROLLBACK if the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _statements(script: str):

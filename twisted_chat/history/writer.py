@@ -25,6 +25,8 @@ import struct
 import sys
 from typing import List
 
+from . import schema
+
 HEADER = struct.Struct("!I")
 # Rows per INSERT statement: one statement for many rows steps SQLite once
 # per chunk instead of once per row; a fixed size keeps the prepared
@@ -46,8 +48,7 @@ def write_batch(conn: sqlite3.Connection, rows: List[tuple]) -> int:
     ``id``. Ids are one past the highest ever used (AUTOINCREMENT's rule, so
     pruning never makes an id come back), consecutive within the batch.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with schema.immediate(conn):
         first = conn.execute(LAST_ID).fetchone()[0] + 1
         full = len(rows) - len(rows) % CHUNK
         for start in range(0, full, CHUNK):
@@ -59,28 +60,16 @@ def write_batch(conn: sqlite3.Connection, rows: List[tuple]) -> int:
         if full < len(rows):
             conn.executemany(_INSERT_ONE, [(first + i,) + rows[i]
                                            for i in range(full, len(rows))])
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return first
 
 
 def prune_chunk(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
     """Delete up to ``chunk`` of the oldest messages older than ``cutoff``."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        count = conn.execute(
+    with schema.immediate(conn):
+        return conn.execute(
             "DELETE FROM messages WHERE id IN"
             " (SELECT id FROM messages WHERE t < ? ORDER BY t LIMIT ?)",
             (cutoff, chunk)).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return count
 
 
 OPERATIONS = {"write": write_batch, "prune": prune_chunk}
@@ -115,7 +104,6 @@ def serve(conn: sqlite3.Connection, requests, replies) -> None:
 
 
 def main(argv=None) -> int:
-    from . import schema
     from .interface import HistoryError
 
     argv = sys.argv[1:] if argv is None else argv
