@@ -29,6 +29,12 @@ from operator import attrgetter
 
 from twisted.internet import tcp
 
+# When a TCP transport may be written around, read in one C call: it is
+# connected, not closing, and holds no data of its own.
+_TRANSPORT_STATE = attrgetter("_tempDataLen", "dataBuffer", "disconnecting", "connected",
+                              "_writeDisconnected", "TLS")
+_TRANSPORT_IDLE = (0, b"", False, True, False, False)
+
 
 def writer(transport, output=None):
     """A ``write(data)`` for ``transport``, direct when idle; None if the
@@ -46,8 +52,7 @@ def writer(transport, output=None):
 
     def write(data):
         t = transport
-        if (t._tempDataLen or t.dataBuffer or t.disconnecting or not t.connected
-                or t._writeDisconnected or t.TLS):
+        if _TRANSPORT_STATE(t) != _TRANSPORT_IDLE:
             t.write(data)
             return
         try:
@@ -73,20 +78,14 @@ def writer(transport, output=None):
     return direct
 
 
-# The direct writer's conditions, read in one C call: an output whose state
-# equals _IDLE is neither paused nor closed, and its transport is connected,
-# not closing, and holds no data of its own.
-_STATE = attrgetter("paused", "closed", "transport._tempDataLen", "transport.dataBuffer",
-                    "transport.disconnecting", "transport.connected",
-                    "transport._writeDisconnected", "transport.TLS")
-_IDLE = (False, False, 0, b"", False, True, False, False)
 _send = socket.socket.send
 
 
 def idle(output) -> bool:
     """Whether bytes for ``output`` (a BoundedOutput) may go straight to its
     socket now: plain TCP, not paused or closed, nothing queued."""
-    return output.socket is not None and _STATE(output) == _IDLE
+    return (output.socket is not None and not output.paused and not output.closed
+            and _TRANSPORT_STATE(output.transport) == _TRANSPORT_IDLE)
 
 
 def send_all(socks, data: bytes):
