@@ -48,6 +48,49 @@ class StoredMessage(NamedTuple):
     action: bool
 
 
+class RoomRecord(NamedTuple):
+    """A room's lasting state: what survives a restart (protocol v2).
+
+    A room whose record equals :func:`default_room` (apart from ``key`` and
+    ``name``) is not kept: saving it deletes the stored row.
+    """
+
+    key: str  # folded room name
+    name: str  # display name
+    topic: str = ""
+    topic_by: Optional[str] = None  # the nick that set it
+    topic_t: Optional[float] = None  # when, seconds since the epoch
+    topic_lock: bool = True  # only operators set the topic
+    moderated: bool = False  # only operators and voiced members speak
+    invite_only: bool = False
+    password: Optional[str] = None  # the room key of /join ROOM KEY
+    limit: Optional[int] = None  # most members at once
+    ops: tuple = ()  # folded account names, sorted
+    bans: tuple = ()  # (entry, nick, by, t), in the order they were set
+
+
+def default_room(key: str, name: str) -> RoomRecord:
+    return RoomRecord(key, name)
+
+
+def is_default(record: RoomRecord) -> bool:
+    """Nothing worth keeping: the row can go."""
+    return record[2:] == default_room(record.key, record.name)[2:]
+
+
+class IRoomStore(Interface):
+    """Durable (or not) storage of rooms' lasting state."""
+
+    def load_rooms():
+        """A Deferred firing with every kept room: a dict of folded key ->
+        RoomRecord. Called once, at start."""
+
+    def save_room(record: RoomRecord):
+        """Store the room's whole state (replacing what was kept; a default
+        record deletes it). A Deferred firing once it is committed; saves
+        commit in the order they were asked for."""
+
+
 class IHistoryStore(Interface):
     """Durable (or not) storage of chat messages."""
 
