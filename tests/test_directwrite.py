@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from twisted_chat import directwrite
+from twisted_chat.delivery import directwrite
 
 
 class _Port:
@@ -110,7 +110,7 @@ class DirectWriteTests(SynchronousTestCase):
         self.assertIsNone(directwrite.writer(other))
 
     def test_a_bounded_output_holds_while_paused_and_drops_once_closed(self):
-        from twisted_chat.limits import BoundedOutput
+        from twisted_chat.delivery.outlet import BoundedOutput
 
         overflowed = []
         output = BoundedOutput(self.transport, 100, lambda: overflowed.append(True))
@@ -135,7 +135,7 @@ class _Connections:
     a BoundedOutput each (MemoryReactor: no reactor runs), and the peers."""
 
     def __init__(self, case, n):
-        from twisted_chat.limits import BoundedOutput
+        from twisted_chat.delivery.outlet import BoundedOutput
 
         listener = socket.create_server(("127.0.0.1", 0), backlog=n)
         case.addCleanup(listener.close)
@@ -169,7 +169,7 @@ class SendAllTests(SynchronousTestCase):
     """directwrite.idle and directwrite.send_all, over real sockets."""
 
     def test_idle_is_the_direct_writers_condition(self):
-        from twisted_chat.limits import BoundedOutput
+        from twisted_chat.delivery.outlet import BoundedOutput
 
         c = _Connections(self, 5)
         self.assertEqual([directwrite.idle(o) for o in c.outputs], [True] * 5)

@@ -19,7 +19,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_chat import directwrite, fanout
+from twisted_chat import fanout
+from twisted_chat.delivery import directwrite
 from twisted_chat.events import JSON, TEXT
 from twisted_chat.hub import Hub
 from twisted_chat.protocol import ChatFactory
@@ -56,7 +57,7 @@ class TCPConn:
 
     @property
     def member(self):
-        return self.proto._express_to
+        return self.proto.outlet.member
 
     def send(self, line: str):
         self.proto.dataReceived(line.encode() + b"\n")

@@ -113,5 +113,5 @@ class FuzzTests(SynchronousTestCase):
             # An attacker's own stream may switch modes midway: check each
             # line by its shape.
             self.check_output(self, transport.value(), True)
-        self.assertEqual(factory.limits.total, 2)
+        self.assertEqual(factory.turn.limits.total, 2)
         self.assertEqual(sorted(factory.hub.members), ["obsj", "obst"])

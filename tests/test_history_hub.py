@@ -299,10 +299,10 @@ class HistoryCommandParseTests(SynchronousTestCase):
 class InputPressureTests(HistoryHubTestCase):
     def test_pause_and_resume_reading_every_connection(self):
         alice = self.connect("alice")
-        self.factory.pause_input()
+        self.factory.turn.pause_input()
         self.assertEqual(alice.transport.producerState, "paused")
         late = Conn(self.factory, self.clock, 9)  # connects while paused
         self.assertEqual(late.transport.producerState, "paused")
-        self.factory.resume_input()
+        self.factory.turn.resume_input()
         self.assertEqual([c.transport.producerState for c in (alice, late)],
                          ["producing", "producing"])

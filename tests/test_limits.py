@@ -11,6 +11,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_chat import events, limits
+from twisted_chat.delivery.outlet import BoundedOutput
+from twisted_chat.delivery.turn import ConnectionLimits
 from twisted_chat.hub import Hub
 from twisted_chat.protocol import ChatFactory
 
@@ -50,7 +52,7 @@ class BoundedOutputTests(SynchronousTestCase):
     def setUp(self):
         self.transport = StringTransport()
         self.overflows = []
-        self.out = limits.BoundedOutput(self.transport, 100, lambda: self.overflows.append(1))
+        self.out = BoundedOutput(self.transport, 100, lambda: self.overflows.append(1))
 
     def test_registers_as_streaming_producer(self):
         self.assertIs(self.transport.producer, self.out)
@@ -107,7 +109,7 @@ class BoundedOutputTests(SynchronousTestCase):
 
 class ConnectionLimitsTests(SynchronousTestCase):
     def test_total_and_per_host(self):
-        lim = limits.ConnectionLimits(max_clients=3, max_per_ip=2)
+        lim = ConnectionLimits(max_clients=3, max_per_ip=2)
         self.assertIsNone(lim.admit("10.0.0.1"))
         self.assertIsNone(lim.admit("10.0.0.1"))
         self.assertEqual(lim.admit("10.0.0.1"), "too-many-connections")
@@ -119,10 +121,10 @@ class ConnectionLimitsTests(SynchronousTestCase):
         self.assertNotIn("10.0.0.2", lim.per_host)
 
     def test_zero_means_unlimited_and_unix_peers_have_no_host(self):
-        lim = limits.ConnectionLimits(max_clients=0, max_per_ip=0)
+        lim = ConnectionLimits(max_clients=0, max_per_ip=0)
         for _ in range(1000):
             self.assertIsNone(lim.admit("10.0.0.1"))
-        lim = limits.ConnectionLimits(max_clients=5, max_per_ip=1)
+        lim = ConnectionLimits(max_clients=5, max_per_ip=1)
         self.assertIsNone(lim.admit(None))
         self.assertIsNone(lim.admit(None))
 
@@ -186,7 +188,7 @@ class OutputPathTests(SynchronousTestCase):
         h.clock.advance(limits.CLOSE_TIMEOUT)
         self.assertTrue(slow_t.disconnected)
         h.lose(slow)
-        self.assertEqual(h.factory.limits.total, 2)
+        self.assertEqual(h.factory.turn.limits.total, 2)
 
     def test_paused_reader_that_catches_up_loses_nothing(self):
         h = Harness(max_backlog=100000, rate=0)
@@ -257,7 +259,7 @@ class OutputPathTests(SynchronousTestCase):
         h.lose(c)
         h.lose(e)
         self.assertEqual(sorted(h.hub.members), ["a", "b", "d"])
-        self.assertEqual(h.factory.limits.total, 3)
+        self.assertEqual(h.factory.turn.limits.total, 3)
         h.lose(a)
         f, f_t = h.connect("10.0.0.1", nick="f")
         self.assertIn(b'"type":"welcome"', f_t.value())
@@ -285,7 +287,7 @@ class OutputPathTests(SynchronousTestCase):
         conns[0][0].output.pauseProducing()  # a slow one: bye goes after its backlog
         conns[0][0].deliver(events.info("queued"))
         h.turn()
-        d = h.factory.shutdown(timeout=5)
+        d = h.factory.turn.shutdown(timeout=5)
         fired = []
         d.addCallback(fired.append)
         for proto, t in conns:
@@ -428,6 +430,7 @@ class LimitOptionsTests(SynchronousTestCase):
                                          "--max-clients", "11", "--max-per-ip", "3",
                                          "--idle-timeout", "30", "--shutdown-timeout", "2"))
         f = service.factory
-        self.assertEqual((f.max_backlog, f.rate, f.burst, f.limits.max_clients,
-                          f.limits.max_per_ip, f.idle_timeout, service.shutdown_timeout),
+        self.assertIs(f.turn, service.turn)
+        self.assertEqual((f.max_backlog, f.rate, f.burst, f.turn.limits.max_clients,
+                          f.turn.limits.max_per_ip, f.idle_timeout, service.shutdown_timeout),
                          (1234, 7, 9, 11, 3, 30, 2))

@@ -1,33 +1,32 @@
-"""The wire face of the chat: a LineReceiver per connection and the broadcasting factory.
+"""The line face of the chat: a LineReceiver per connection and its factory.
 
 ``ChatProtocol`` splits and bounds lines, decodes and cleans them, rate-limits
-them, parses commands and calls the :class:`~twisted_chat.hub.Hub`; events
-coming back are rendered in the connection's mode. Output is coalesced:
-everything a connection is sent during one reactor turn leaves in one write,
-through a :class:`~twisted_chat.limits.BoundedOutput` (a streaming producer
-with a bounded backlog), so a client that stops reading is cut off instead of
-growing the server's memory.
+them, parses commands and calls the :class:`~twisted_chat.hub.Hub`. Events
+coming back leave through the connection's
+:class:`~twisted_chat.delivery.outlet.Outlet` in its mode (text or JSON
+lines): coalesced into one write per reactor turn, with a bounded backlog.
+The per-turn flush, the connection limits, back-pressure and shutdown are the
+shared :class:`~twisted_chat.delivery.turn.Turn`'s.
 """
 
 import socket
 
-from twisted.application.service import MultiService
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from . import directwrite, events, fanout, limits
+from . import events, limits
 from .commands import HELP, parse, strip_controls
+from .delivery.outlet import Outlet
+from .delivery.turn import SHUTDOWN_REASON, Turn
 from .errors import ChatError
 from .events import JSON, TEXT, Event
 from .hub import Hub
 
 DEFAULT_MAX_LINE = 4096
 REGISTRATION_GRACE = 3.0
-SHUTDOWN_REASON = "server shutting down"
 # TCP keepalive on accepted sockets: a peer that vanished (power cut, cable
 # pulled) is noticed after about KEEPIDLE + KEEPINTVL * KEEPCNT seconds.
 KEEPIDLE, KEEPINTVL, KEEPCNT = 60, 15, 4
@@ -36,23 +35,29 @@ KEEPIDLE, KEEPINTVL, KEEPCNT = 60, 15, 4
 class ChatProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger()
-    output = None  # the BoundedOutput, once the connection is admitted
-    # The member whose express handle this connection keeps: unlike
-    # ``member`` it stays set after a shutdown() (whose member stays in its
-    # room), so that closing the output still clears the handle.
-    _express_to = None
+    outlet = None  # its Outlet, from connectionMade on
 
     def __init__(self):
-        self.mode = TEXT
         self.member = None
-        self._out = []  # encoded events waiting for this turn's flush
         self._discarding = False  # inside the tail of an over-long line
         self._overflow = None  # bytes after an over-long line's newline
         self._grace = None
-        self._abort = None  # forces a close the peer does not complete
         self._limited = False  # dropping lines for --rate (one error per stretch)
-        self._admitted = False
         self._login_pending = False
+
+    @property
+    def mode(self):
+        """The rendering of its events: TEXT (until /mode json) or JSON."""
+        return TEXT if self.outlet is None else self.outlet.mode
+
+    @mode.setter
+    def mode(self, mode):
+        self.outlet.set_mode(mode)
+
+    @property
+    def output(self):
+        """Its outlet's BoundedOutput (None until admitted)."""
+        return None if self.outlet is None else self.outlet.output
 
     # -- connection life -----------------------------------------------------
 
@@ -60,19 +65,15 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         factory = self.factory
         self.MAX_LENGTH = factory.max_line + 1  # room for the CR of a CRLF
         self.peer, self.host = _peer(self.transport)
-        refused = factory.limits.admit(self.host)
+        outlet = self.outlet = Outlet(factory.turn, self.transport, self, TEXT)
+        refused = factory.turn.admit(outlet, self.host)
         if refused is not None:
             self._refuse(refused)
             return
-        self._admitted = True
-        factory.connections.add(self)
-        if factory.input_paused:
-            self.transport.pauseProducing()
         _tune_socket(self.transport)
-        self.output = limits.BoundedOutput(self.transport, factory.max_backlog, self._too_slow,
-                                           changed=self._express)
+        outlet.open(factory.max_backlog)
         self.bucket = limits.TokenBucket(factory.rate, factory.burst, factory.clock)
-        self.member = self._express_to = factory.hub.connect(self.deliver, sink=self)
+        self.member = outlet.member = factory.hub.connect(outlet.deliver, sink=outlet)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
         self.deliver(factory.hub.welcome(self.member))
         if not factory.hub.guests:
@@ -82,20 +83,15 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.setTimeout(factory.idle_timeout)
 
     def connectionLost(self, reason):
-        factory = self.factory
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
-        if self._abort is not None and self._abort.active():
-            self._abort.cancel()
         self.setTimeout(None)
-        if self.output is not None:
-            self.output.stopProducing()
+        outlet = self.outlet
+        if outlet is not None:
+            outlet.stop()
         self._leave_hub("disconnected", reason.getErrorMessage())
-        self._out = []
-        if self._admitted:
-            self._admitted = False
-            factory.limits.release(self.host)
-            factory.connection_closed(self)
+        if outlet is not None:
+            outlet.release()
 
     def _leave_hub(self, part_reason, why):
         if self.member is None:
@@ -112,37 +108,20 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         }[code]
         self.log.info("refused {peer}: {code}", peer=self.peer, code=code)
         # Before /mode json a connection speaks text: refuse in text.
-        self.transport.write(events.error(code, message).encode(TEXT))
-        self._lose(limits.CLOSE_TIMEOUT)
+        self.outlet.refuse(events.error(code, message))
 
-    def _lose(self, timeout):
-        """Close once the transport has flushed; abort if that takes ``timeout``."""
-        if self.output is not None:
-            self.output.close()
-        self.transport.loseConnection()
-        if self._abort is None and timeout is not None:
-            self._abort = self.factory.clock.callLater(timeout, self._force_close)
-
-    def _force_close(self):
-        self._abort = None
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-
-    def _too_slow(self):
-        """The backlog is over --max-backlog: this client does not read."""
-        factory = self.factory
+    def outlet_overflowed(self):
+        """The backlog is over --max-backlog: this client does not read. The
+        outlet says bye and closes once it has left the hub."""
         self.log.warn("slow consumer {peer} {nick}: over {limit} bytes of output queued;"
                       " disconnecting", peer=self.peer,
-                      nick=self.member.nick if self.member else "?", limit=factory.max_backlog)
-        self._out = []
+                      nick=self.member.nick if self.member else "?",
+                      limit=self.factory.max_backlog)
         self._leave_hub("disconnected", "slow consumer")
-        # The backlog is gone (BoundedOutput dropped it); the bye goes behind
-        # whatever the transport still holds, and arrives if the peer ever
-        # reads before the abort.
-        self.transport.write(Event("bye", {"reason": "too slow: output backlog full"})
-                             .encode(self.mode))
-        self._lose(limits.CLOSE_TIMEOUT)
+
+    def outlet_shutdown(self):
+        """Server shutdown: input is moot from now on; the hub is not told."""
+        self.member = None
 
     def timeoutConnection(self):
         """--idle-timeout: nothing received for that long."""
@@ -155,12 +134,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def shutdown(self, reason=SHUTDOWN_REASON):
         """Say ``bye`` and close, without telling the hub: at server shutdown
         every member leaves at once, and nobody is left to see the parts."""
-        if self.member is None:
-            return
-        self.member = None
-        self.deliver(Event("bye", {"reason": reason}))
-        self.flush()
-        self._lose(None)  # the shutdown service owns the deadline
+        if self.member is not None:
+            self.outlet.shutdown(reason)
 
     def _register(self):
         if self.member is not None:
@@ -309,74 +284,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def deliver(self, event):
         """Queue ``event`` for this connection; it leaves at the end of the turn."""
-        member = self.member
-        if member is not None and member.room is not None and member.room.batch is not None:
-            fanout.catch_up(member)  # room events before this one go first
-        out = self._out
-        out.append(event.encode(self.mode))
-        if len(out) == 1:
-            self.factory.dirty(self)
-            if self._express_to is not None:
-                self._express_to.express = None  # the room's share goes behind it
-
-    def push(self, data):
-        """A pre-encoded share of room events (the fan-out sink)."""
-        if self._out:
-            self._out.append(data)  # behind this turn's direct events
-        else:
-            self.output.write(data)
-
-    # -- express: the room's share straight to the socket, in bulk ----------
-    #
-    # While this connection's output is idle plain TCP and nothing of its own
-    # waits in _out, its member carries the socket as ``express``: the room
-    # flush then sends its share with everybody else's in one C loop
-    # (push_express) instead of push -> output.write -> send per member. The
-    # handle is cleared before anything makes that unsafe (an event queued in
-    # _out; the output paused, closed, or left with queued bytes by a write)
-    # and set again when a write through the normal path finds it safe.
-
-    def _express(self):
-        """Set or clear the member's express handle from the current state."""
-        member = self._express_to
-        if member is None:
-            return
-        output = self.output
-        if not self._out and output is not None and directwrite.idle(output):
-            member.express = output.socket
-            member.express_via = _EXPRESS[self.mode]
-        else:
-            member.express = None
-
-    @staticmethod
-    def push_express(members, socks, data):
-        """The room share ``data`` to each member's socket, in one pass; what
-        a socket does not take goes to its transport, as the direct writer's
-        rest does."""
-        sent = directwrite.send_all(socks, data)
-        n = len(data)
-        if sent.count(n) != len(sent):
-            for member, k in zip(members, sent):
-                if k != n:
-                    member.express = None  # bytes queued now: not until drained
-                    sink = member.sink
-                    sink.output.transport.write(data[k:] if k else data)
-                    sink._express()
-
-    def flush(self):
-        if self._out:
-            data = b"".join(self._out)
-            self._out = []
-            self.output.write(data)
+        self.outlet.deliver(event)
 
     def close(self, part_reason, bye, why=None):
         """Leave the hub with ``part_reason``, say ``bye`` and close after the flush."""
         if self.member is None:
             return
         self._leave_hub(part_reason, why or part_reason)
-        self.deliver(Event("bye", {"reason": bye}))
-        self.flush()
-        self._lose(limits.CLOSE_TIMEOUT)
+        self.outlet.close(bye)
 
     def _reply_error(self, code, message):
         self.deliver(events.error(code, message))
@@ -394,11 +309,6 @@ def _peer(transport):
     if host is None:
         return str(addr), None
     return f"{host}:{addr.port}", host
-
-
-# A member's express_via: the flush groups members by it and calls its
-# function with each group (see twisted_chat.fanout).
-_EXPRESS = {mode: (ChatProtocol.push_express, mode) for mode in (TEXT, JSON)}
 
 
 def _tune_socket(transport):
@@ -419,120 +329,35 @@ def _tune_socket(transport):
 
 
 class ChatFactory(Factory):
-    """Builds a ChatProtocol per connection and flushes their output once per turn."""
+    """Builds a ChatProtocol per connection; the line face's settings.
+
+    Its connections register with ``turn`` (the server's one
+    :class:`~twisted_chat.delivery.turn.Turn`, shared by every face). Without
+    one, the factory makes its own for ``hub`` with ``max_clients`` and
+    ``max_per_ip`` (a server of one face, and the tests).
+    """
 
     protocol = ChatProtocol
-    log = Logger()
 
     def __init__(self, hub: Hub, clock: IReactorTime = None, max_line: int = DEFAULT_MAX_LINE,
                  grace: float = REGISTRATION_GRACE,
                  max_backlog: int = limits.DEFAULT_MAX_BACKLOG,
                  rate: float = limits.DEFAULT_RATE, burst: int = limits.DEFAULT_BURST,
-                 max_clients: int = limits.DEFAULT_MAX_CLIENTS,
-                 max_per_ip: int = limits.DEFAULT_MAX_PER_IP,
-                 idle_timeout: float = 0, accounts=None):
-        if clock is None:
-            from twisted.internet import reactor as clock
+                 max_clients: int = None, max_per_ip: int = None,
+                 idle_timeout: float = 0, accounts=None, turn: Turn = None):
+        if turn is None:
+            turn = Turn(hub, clock,
+                        limits.DEFAULT_MAX_CLIENTS if max_clients is None else max_clients,
+                        limits.DEFAULT_MAX_PER_IP if max_per_ip is None else max_per_ip)
+        elif max_clients is not None or max_per_ip is not None:
+            raise TypeError("the connection limits are the turn's: give them to Turn")
         self.hub = hub
-        self.clock = clock
+        self.turn = turn
+        self.clock = turn.clock if clock is None else clock
         self.max_line = max_line
         self.grace = grace
         self.max_backlog = max_backlog
         self.rate = rate
         self.burst = burst
         self.idle_timeout = idle_timeout
-        self.limits = limits.ConnectionLimits(max_clients, max_per_ip)
         self.accounts = accounts  # twisted_chat.auth.Accounts, or None without --auth
-        self.connections = set()  # admitted connections still open
-        self._dirty = []
-        self._rooms = []  # rooms with a batch to flush this turn
-        self._flush_call = None
-        self._closed_all = None  # Deferred of a shutdown in progress
-        self.input_paused = False  # see pause_input
-        hub.schedule = self.dirty_room
-        hub.call_later = clock.callLater  # presence batching's interval timer
-
-    def dirty(self, proto):
-        self._dirty.append(proto)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
-
-    def dirty_room(self, room):
-        self._rooms.append(room)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
-
-    def flush(self):
-        """Write out every connection's queued events: one write per connection."""
-        self._flush_call = None
-        # Rooms first: a member's share lands behind its direct events of
-        # the turn (push appends to a pending _out) or goes out at once.
-        rooms, self._rooms = self._rooms, []
-        for room in rooms:
-            fanout.flush(room)
-        dirty, self._dirty = self._dirty, []
-        for proto in dirty:
-            proto.flush()
-
-    def pause_input(self):
-        """Stop reading from every connection: the history store is behind
-        (it calls this through its ``on_pressure``) and catches up meanwhile."""
-        self.input_paused = True
-        for proto in self.connections:
-            proto.transport.pauseProducing()
-
-    def resume_input(self):
-        self.input_paused = False
-        for proto in list(self.connections):
-            proto.transport.resumeProducing()
-
-    def connection_closed(self, proto):
-        self.connections.discard(proto)
-        if self._closed_all is not None and not self.connections:
-            d, self._closed_all = self._closed_all, None
-            d.callback(None)
-
-    def shutdown(self, timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT,
-                 reason: str = SHUTDOWN_REASON) -> defer.Deferred:
-        """Say ``bye`` to every connection and close them all.
-
-        The Deferred fires once every connection has closed, or after
-        ``timeout`` seconds, when the stragglers (peers that do not read
-        their last bytes) are aborted.
-        """
-        if not self.connections:
-            return defer.succeed(None)
-        self.log.info("shutting down: bye to {n} connections", n=len(self.connections))
-        d = self._closed_all = defer.Deferred()
-        for proto in list(self.connections):
-            proto.shutdown(reason)
-
-        def give_up():
-            if self._closed_all is d:
-                self.log.warn("shutdown: aborting {n} connections still open after {t:g} s",
-                              n=len(self.connections), t=timeout)
-                for proto in list(self.connections):
-                    proto._force_close()
-                self._closed_all = None
-                d.callback(None)
-
-        call = self.clock.callLater(timeout, give_up)
-        d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
-        return d
-
-
-class ChatService(MultiService):
-    """The server: its children are the listeners; stopping it closes them,
-    then says ``bye`` to every client and waits (boundedly) for their
-    connections to close before twistd lets the reactor stop."""
-
-    def __init__(self, factory: ChatFactory,
-                 shutdown_timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT):
-        super().__init__()
-        self.factory = factory
-        self.shutdown_timeout = shutdown_timeout
-
-    def stopService(self):
-        d = defer.maybeDeferred(super().stopService)  # no new connections
-        d.addCallback(lambda _: self.factory.shutdown(self.shutdown_timeout))
-        return d

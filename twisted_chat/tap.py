@@ -14,12 +14,13 @@ from twisted.python import usage
 from . import limits, presence
 from .auth import Accounts
 from .commands import valid_room
+from .delivery.turn import Turn, TurnService
 from .errors import ChatError
 from .history import HISTORY_CAP, HistoryError
 from .history import schema as history_schema
 from .history.sqlite import SQLiteHistory
 from .hub import DEFAULT_REPLAY, Hub
-from .protocol import DEFAULT_MAX_LINE, ChatFactory, ChatService
+from .protocol import DEFAULT_MAX_LINE, ChatFactory
 
 DEFAULT_PORT = "tcp:5000"
 log = Logger()
@@ -204,16 +205,20 @@ def makeService(options) -> service.IService:
     )
     hub.presence_threshold = options["presence-threshold"]
     hub.presence_interval = options["presence-interval"]
+    # The one delivery service: every face's factory registers its
+    # connections with it, and --max-clients counts them all.
+    turn = Turn(hub, clock=reactor,
+                max_clients=_check_descriptors(options["max-clients"],
+                                               options["listen-backlog"]),
+                max_per_ip=options["max-per-ip"])
+    store.on_pressure(turn.pause_input, turn.resume_input)
     factory = ChatFactory(
-        hub, clock=reactor, max_line=options["max-line"],
+        hub, turn=turn, max_line=options["max-line"],
         max_backlog=options["max-backlog"], rate=options["rate"], burst=options["burst"],
-        max_clients=options["max-clients"], max_per_ip=options["max-per-ip"],
         idle_timeout=options["idle-timeout"], accounts=accounts,
     )
-    factory.limits.max_clients = _check_descriptors(options["max-clients"],
-                                                    options["listen-backlog"])
-    store.on_pressure(factory.pause_input, factory.resume_input)
-    top = _HistoryChatService(factory, options["shutdown-timeout"], store)
+    top = _HistoryChatService(turn, options["shutdown-timeout"], store)
+    top.factory = factory  # the line face's
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
     return top
@@ -285,13 +290,13 @@ class _HistoryStore(SQLiteHistory):
         log.info("history: {where}", where=where)
 
 
-class _HistoryChatService(ChatService):
+class _HistoryChatService(TurnService):
     """The chat service around its history store: the store opens before
     the listeners start, and closes (having written what is pending) after
     they have stopped and the clients are gone."""
 
-    def __init__(self, factory, shutdown_timeout, store):
-        super().__init__(factory, shutdown_timeout)
+    def __init__(self, turn, shutdown_timeout, store):
+        super().__init__(turn, shutdown_timeout)
         self.store = store
 
     def startService(self):

@@ -18,7 +18,7 @@ otherwise:
   pauses producers and reports the error on its own path, as usual.
 
 :func:`send_all` sends one room share to many such sockets in one C loop
-(``map``); its caller (``ChatProtocol.push_express``) keeps, per member, a
+(``map``); its caller (``Outlet.push_express``) keeps, per member, a
 handle that is set only while :func:`idle` holds, and completes whatever a
 socket did not take through the transport.
 """
@@ -40,7 +40,7 @@ def writer(transport, output=None):
     """A ``write(data)`` for ``transport``, direct when idle; None if the
     transport is not plain TCP (then use ``transport.write``).
 
-    With ``output`` (a :class:`~twisted_chat.limits.BoundedOutput`), the
+    With ``output`` (a :class:`~twisted_chat.delivery.outlet.BoundedOutput`), the
     result is that output's whole ``write``: while it is paused or closed,
     data goes to ``output.hold(data)`` instead. One call per member per turn
     instead of two: at 10,000 members the Python around each ``send`` is a
