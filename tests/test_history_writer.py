@@ -161,6 +161,22 @@ class ServerSideTests(SynchronousTestCase):
         self.proc.outReceived(writer.encode((True, 1)))
         self.assertEqual(self.successResultOf(good), 1)
 
+    def test_an_unsendable_value_fails_in_its_turn(self):
+        # Requests sent before it are answered first: callers hear of their
+        # requests in the order they made them.
+        heard = []
+        first = self.proc.request("write", [])
+        bad = self.proc.request("room", ("dev", object()))
+        last = self.proc.request("write", [])
+        for name, d in (("first", first), ("bad", bad), ("last", last)):
+            d.addBoth(lambda result, name=name: heard.append(name))
+        self.assertEqual([f[0] for f in frames(self.proc.transport.value())],
+                         ["write", "write"])  # the bad one never went
+        self.proc.outReceived(writer.encode((True, 1)))
+        self.assertEqual(heard, ["first", "bad"])
+        self.proc.outReceived(writer.encode((True, 1)))
+        self.assertEqual(heard, ["first", "bad", "last"])
+
     def test_the_writers_death_fails_what_it_had(self):
         pending = self.proc.request("write", [])
         self.proc.errReceived(b"cannot open chat.sqlite: it is corrupt\n")

@@ -75,7 +75,9 @@ class _WriterProcess(ProcessProtocol):
         self.path = os.path.abspath(path)
         self.reactor = reactor
         self.running = False
-        self._pending = deque()  # one Deferred per request, oldest first
+        # (Deferred, None) per request sent, oldest first; (Deferred,
+        # HistoryError) for one that could not be sent, failed in its turn.
+        self._pending = deque()
         self._buffer = b""
         self._stderr = b""
         self._spawned_at = None
@@ -98,10 +100,17 @@ class _WriterProcess(ProcessProtocol):
             self._spawn(now)
         try:
             frame = writer.encode(message)
-        except ValueError as e:  # a value marshal cannot carry: that batch fails alone
-            return fail(HistoryError(f"cannot send it to the history writer: {e}"))
+        except ValueError as e:
+            # A value marshal cannot carry: that request fails alone, and in
+            # its turn, after the answers to the requests sent before it.
+            refused = HistoryError(f"cannot send it to the history writer: {e}")
+            if not self._pending:
+                return fail(refused)
+            d = Deferred()
+            self._pending.append((d, refused))
+            return d
         d = Deferred()
-        self._pending.append(d)
+        self._pending.append((d, None))
         self.transport.write(frame)
         return d
 
@@ -129,11 +138,14 @@ class _WriterProcess(ProcessProtocol):
                 break
             ok, result = marshal.loads(buffer[header.size:end])
             buffer = buffer[end:]
-            d = self._pending.popleft()
+            d, _ = self._pending.popleft()
             if ok:
                 d.callback(result)
             else:
                 d.errback(HistoryError(result))
+            while self._pending and self._pending[0][1] is not None:
+                d, refused = self._pending.popleft()
+                d.errback(refused)
         self._buffer = buffer
 
     def errReceived(self, data: bytes):
@@ -146,8 +158,9 @@ class _WriterProcess(ProcessProtocol):
             self.log.error("history: the writer process ended ({why}){said}",
                            why=reason.getErrorMessage(), said=f": {said}" if said else "")
         pending, self._pending = self._pending, deque()
-        for d in pending:
-            d.errback(HistoryError(f"the history writer stopped{': ' + said if said else ''}"))
+        for d, refused in pending:
+            d.errback(refused or HistoryError(
+                f"the history writer stopped{': ' + said if said else ''}"))
         waiters, self._exited = self._exited, []
         for d in waiters:
             d.callback(None)
