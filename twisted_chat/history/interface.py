@@ -88,7 +88,9 @@ class IRoomStore(Interface):
     def save_room(record: RoomRecord):
         """Store the room's whole state (replacing what was kept; a default
         record deletes it). A Deferred firing once it is committed; saves
-        commit in the order they were asked for."""
+        commit in the order they were asked for. A save that cannot be
+        stored fails (its Deferred errbacks with the reason) and leaves what
+        was kept; it holds up neither later saves nor messages."""
 
 
 class IHistoryStore(Interface):

@@ -17,6 +17,13 @@ sees every message whose ``done`` has run (it was committed first). For
 ``:memory:`` (one connection, nothing to share) and in tests that pass a
 ``runner``, writes and reads both run through that one runner.
 
+Rooms' lasting state (:class:`.interface.IRoomStore`: topic, flags,
+operator accounts, bans) is kept in the same file. A room save is a request
+of its own, in line with the message batches (it is sent after every message
+appended before it, and before any appended after it), committed in a
+transaction of its own: a save that fails fails alone. The rooms are read
+once, at start, through the reader.
+
 Ids are assigned inside the writer's transaction (one past the highest id
 ever used), so they are the rows' ids, consecutive within a batch, and
 increase in acceptance order.
@@ -34,10 +41,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import schema, writer
-from .interface import TEXT, HistoryError, IHistoryStore, StoredMessage
+from .interface import TEXT, HistoryError, IHistoryStore, IRoomStore, RoomRecord, StoredMessage
 
 # Most messages, and most bytes of text, in one transaction. A batch's
 # callbacks (the echoes and broadcasts) run in one reactor turn, so the batch
@@ -189,7 +197,7 @@ class _WriterProcess(ProcessProtocol):
             pass
 
 
-@implementer(IHistoryStore)
+@implementer(IHistoryStore, IRoomStore)
 class SQLiteHistory(Service):
     """History in an SQLite file (or ``:memory:``), as a service of its own.
 
@@ -230,6 +238,13 @@ class SQLiteHistory(Service):
         # from that and keeps one, so later turns accumulate behind it.
         self._in_flight = 0
         self._max_in_flight = 1
+        # Room saves wait in line with the messages: each is sent once every
+        # message appended before it has been handed over (counted in rows
+        # ever appended / sent), so requests reach the writer in the order
+        # they were made.
+        self._saves = deque()  # (rows appended before it, fields, Deferred)
+        self._appended = 0
+        self._sent = 0
         self._waiting = 0  # appended, neither done nor failed yet
         self._idle: List[Deferred] = []  # drain() waiters
         self._pruner = None
@@ -302,6 +317,7 @@ class SQLiteHistory(Service):
                failed: Optional[Callable[[], None]] = None) -> None:
         self._rows.append(record)
         self._callbacks.append((done, failed))
+        self._appended += 1
         self._waiting += 1
         if self._waiting > HIGH_WATER and not self._paused and self._pressure:
             self._paused = True
@@ -314,16 +330,24 @@ class SQLiteHistory(Service):
 
     def _flush(self):
         self._flush_call = None
-        while self._rows and self._in_flight < self._max_in_flight:
-            self._send_batch()
+        while self._in_flight < self._max_in_flight:
+            if self._saves and self._saves[0][0] == self._sent:
+                self._send_save()
+            elif self._rows:
+                self._send_batch()
+            else:
+                break
 
     def _send_batch(self):
+        # A batch stops before the first save waiting for it to be sent.
+        most = self._saves[0][0] - self._sent if self._saves else MAX_BATCH
         count, size = 0, 0
         for row in self._rows:
             count += 1
             size += len(row[TEXT]) + 64  # text plus the event's framing
-            if count >= MAX_BATCH or size >= MAX_BATCH_BYTES:
+            if count >= most or count >= MAX_BATCH or size >= MAX_BATCH_BYTES:
                 break
+        self._sent += count
         if count == len(self._rows):
             rows, callbacks = self._rows, self._callbacks
             self._rows, self._callbacks = [], []
@@ -366,7 +390,7 @@ class SQLiteHistory(Service):
         if self._paused and self._waiting <= LOW_WATER:
             self._paused = False
             self._pressure[1]()
-        if self._rows:
+        if self._rows or self._saves:
             # Messages accepted while the last batch was being written: the
             # next batch goes at once (the reactor does its I/O meanwhile).
             self._flush()
@@ -377,7 +401,7 @@ class SQLiteHistory(Service):
 
     def drain(self) -> Deferred:
         """A Deferred that fires once everything appended so far is written."""
-        if not self._rows and not self._in_flight:
+        if not self._rows and not self._saves and not self._in_flight:
             return succeed(None)
         d = Deferred()
         self._idle.append(d)
@@ -385,6 +409,63 @@ class SQLiteHistory(Service):
             self._flush_call.cancel()
         self._flush()
         return d
+
+    # -- rooms -----------------------------------------------------------------
+
+    def save_room(self, record: RoomRecord) -> Deferred:
+        """Keep ``record`` as the room's whole state (a default record
+        deletes it); fires once committed, or fails with the reason (the
+        messages around it are stored as usual)."""
+        d = Deferred()
+        # Plain tuples all through (what marshal carries to the writer
+        # process; and a list of no ops would not compare as default).
+        fields = tuple(record._replace(ops=tuple(record.ops),
+                                       bans=tuple(map(tuple, record.bans))))
+        self._saves.append((self._appended, fields, d))
+        if self._flush_call is None and self._in_flight < self._max_in_flight:
+            self._flush_call = self.clock.callLater(0, self._flush)
+        return d
+
+    def _send_save(self):
+        _, fields, result = self._saves.popleft()
+        self._in_flight += 1
+        if self._writer is not None:
+            d = self._writer.request("room", fields)
+        else:
+            d = self._runner(writer.save_room, self._conn, fields)
+        d.addBoth(self._saved, result)
+
+    def _saved(self, outcome, result):
+        # The caller hears of its save first, then the next requests go (as
+        # a batch's callbacks run before the next batch is sent).
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(None)
+        self._batch_over(None, 0)
+
+    def load_rooms(self) -> Deferred:
+        """Every kept room: a Deferred of {folded key: RoomRecord}."""
+        return self._runner(self._load_rooms)
+
+    def _load_rooms(self):
+        ops, bans = {}, {}
+        for room, account in self._conn.execute(
+                "SELECT room, account FROM room_ops ORDER BY room, account"):
+            ops.setdefault(room, []).append(account)
+        for room, *ban in self._conn.execute(
+                "SELECT room, entry, nick, by, t FROM room_bans ORDER BY room, position"):
+            bans.setdefault(room, []).append(tuple(ban))
+        rooms = {}
+        for (key, name, topic, topic_by, topic_t, topic_lock, moderated, invite_only,
+             password, limit) in self._conn.execute(
+                "SELECT key, name, topic, topic_by, topic_t, topic_lock, moderated,"
+                " invite_only, password, member_limit FROM rooms"):
+            rooms[key] = RoomRecord(
+                key, name, topic, topic_by, topic_t, bool(topic_lock), bool(moderated),
+                bool(invite_only), password, limit, tuple(ops.get(key, ())),
+                tuple(bans.get(key, ())))
+        return rooms
 
     # -- reading ---------------------------------------------------------------
 

@@ -1,15 +1,16 @@
 """Every write to the history database, and the process that runs them.
 
-:func:`write_batch` and :func:`prune_chunk` are the store's two kinds of
-write. The server runs them in a child process of its own (``python -m
-twisted_chat.history.writer PATH``, started by :class:`.sqlite.SQLiteHistory`
-for a file database), so that SQLite's work and the Python that feeds it
-run on another core and never hold the server's GIL, which a writer thread
-shared with the reactor (docs/performance.rst, "Message history").
+:func:`write_batch`, :func:`save_room` and :func:`prune_chunk` are the
+store's three kinds of write. The server runs them in a child process of
+its own (``python -m twisted_chat.history.writer PATH``, started by
+:class:`.sqlite.SQLiteHistory` for a file database), so that SQLite's work
+and the Python that feeds it run on another core and never hold the
+server's GIL, which a writer thread shared with the reactor (docs/performance.rst, "Message history").
 
 The pipe protocol (requests on stdin, replies on stdout): a frame is a
 4-byte big-endian length and a :mod:`marshal`-encoded value. Requests are
-``("write", rows)`` and ``("prune", cutoff, chunk)``; the server may send
+``("write", rows)``, ``("room", fields)`` (a room's whole lasting state,
+``tuple(RoomRecord)``) and ``("prune", cutoff, chunk)``; the server may send
 several before the first reply, and they are done one at a time, in order,
 each answered ``(True, result)`` or ``(False, reason)``. Everything answered
 ``True`` is committed with a full fsync first. The writer exits when its
@@ -26,6 +27,7 @@ import sys
 from typing import List
 
 from . import schema
+from .interface import RoomRecord, is_default
 
 HEADER = struct.Struct("!I")
 # Rows per INSERT statement: one statement for many rows steps SQLite once
@@ -63,6 +65,35 @@ def write_batch(conn: sqlite3.Connection, rows: List[tuple]) -> int:
     return first
 
 
+def save_room(conn: sqlite3.Connection, fields: tuple) -> None:
+    """Replace the room's kept state with ``fields`` (a ``RoomRecord`` as a
+    plain tuple, which is what crosses the pipe), in one transaction; a
+    default record only deletes it. A value the schema refuses (a flag that
+    is not a boolean, a limit that is not a positive integer) fails the save
+    and leaves what was kept."""
+    record = RoomRecord(*fields)
+    with schema.immediate(conn):
+        for table, column in _ROOM_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (record.key,))
+        if is_default(record):
+            return
+        conn.execute(
+            "INSERT INTO rooms (key, name, topic, topic_by, topic_t, topic_lock, moderated,"
+            " invite_only, password, member_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.key, record.name, record.topic, record.topic_by, record.topic_t,
+             record.topic_lock, record.moderated, record.invite_only,  # bools bind as 1/0
+             record.password, record.limit))
+        conn.executemany("INSERT INTO room_ops (room, account) VALUES (?, ?)",
+                         [(record.key, account) for account in record.ops])
+        conn.executemany(
+            "INSERT INTO room_bans (room, position, entry, nick, by, t)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(record.key, position, *ban) for position, ban in enumerate(record.bans)])
+
+
+_ROOM_TABLES = (("room_bans", "room"), ("room_ops", "room"), ("rooms", "key"))
+
+
 def prune_chunk(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
     """Delete up to ``chunk`` of the oldest messages older than ``cutoff``."""
     with schema.immediate(conn):
@@ -72,7 +103,7 @@ def prune_chunk(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
             (cutoff, chunk)).rowcount
 
 
-OPERATIONS = {"write": write_batch, "prune": prune_chunk}
+OPERATIONS = {"write": write_batch, "room": save_room, "prune": prune_chunk}
 
 
 def encode(value) -> bytes:
