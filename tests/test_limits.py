@@ -181,6 +181,7 @@ class OutputPathTests(SynchronousTestCase):
         self.assertTrue(slow_t.disconnecting)
         self.assertIsNone(slow.member)
         self.assertNotIn("slow", h.hub.members)
+        self.assertEqual(h.hub.counts.slow_consumers, 1)  # for --metrics
         self.assertIn(b'"type":"part"', bob_t.value())
         self.assertIn(b'"nick":"slow"', bob_t.value())
         # A slow consumer that never closes is aborted after a while.

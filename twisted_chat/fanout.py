@@ -52,8 +52,12 @@ def _give(member, events, start, end):
     """Give ``events[start:end]`` to one member, minus its own unechoed messages."""
     if _fast(member):
         mode = member.sink.mode
-        data = b"".join([e.encode(mode) for e, skip in events[start:end] if skip is not member])
-        if data:
+        pieces = [e.encode(mode) for e, skip in events[start:end] if skip is not member]
+        if pieces:
+            data = b"".join(pieces)
+            counts = member.room.hub.counts
+            counts.deliveries += len(pieces)
+            counts.bytes_out += len(data)
             member.sink.push(data)
     else:
         for e, skip in events[start:end]:
@@ -151,12 +155,23 @@ def flush(room) -> None:
 
     # Pushing can drop a slow consumer, which leaves the room: the groups are
     # copies, and each member of ``others`` is checked before it is served.
+    # Counted per group (twisted_chat.metrics): each member gets every event.
+    served = size = 0
     for (push_express, mode), (members, handles) in express.items():
-        push_express(members, handles, blob(mode))
+        data = blob(mode)
+        served += len(members)
+        size += len(data) * len(members)
+        push_express(members, handles, data)
     for mode, sinks in shares.items():
         data = blob(mode)
+        served += len(sinks)
+        size += len(data) * len(sinks)
         for sink in sinks:
             sink.push(data)
+    if served:
+        counts = room.hub.counts
+        counts.deliveries += served * end
+        counts.bytes_out += size
     for member in others:
         if member.room is room:
             _give(member, events, cursors.get(member, 0), end)

@@ -26,6 +26,7 @@ from .commands import fold, valid_nick, valid_room
 from .errors import ChatError
 from .events import Event, error
 from .history import HISTORY_CAP, IHistoryStore, private_message, room_message
+from .metrics import Counts
 
 log = Logger()
 DEFAULT_REPLAY = 50  # messages replayed to a joiner (twistd chat --history)
@@ -265,6 +266,7 @@ class Hub:
         # later one is still to come, so a replay asked for now reads up to it.
         self._sent_id: Optional[int] = None
         self._draining = False
+        self.counts = Counts()  # what the server did, for its metrics
         self._room(self.default_room)
 
     # -- connections ---------------------------------------------------------

@@ -209,6 +209,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self.bucket.take():
             self._limited = False
             return True
+        self.factory.hub.counts.rate_limited += 1
         if not self._limited:
             self._limited = True
             f = self.factory
@@ -273,6 +274,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
         def failed(failure):
             self._login_pending = False
+            self.factory.hub.counts.login_failures += 1
             failure.trap(ChatError)
             if self.member is not None:
                 self._reply_error(failure.value.code, failure.value.message)

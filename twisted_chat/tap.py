@@ -97,6 +97,11 @@ class Options(AuthOptionMixin, usage.Options):
          "presence event per --presence-interval (0: never batch).", int],
         ["presence-interval", None, presence.DEFAULT_INTERVAL,
          "Seconds between presence events of a big room.", float],
+        # Operations (docs/operations.rst, "Metrics and health check").
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+         "endpoint (e.g. tcp:9100:interface=127.0.0.1; a bare number means tcp:NUMBER, "
+         "all interfaces). Default: none."],
     ]
 
     def __init__(self):
@@ -134,6 +139,12 @@ class Options(AuthOptionMixin, usage.Options):
             except Exception as e:  # the parser raises many types; all mean "bad"
                 raise usage.UsageError(f"bad --port {description!r}: {e}")
         self["endpoints"] = endpoints
+        if self["metrics"] is not None:
+            self["metrics"] = endpoint_description(self["metrics"])
+            try:
+                self["metrics-endpoint"] = serverFromString(reactor, self["metrics"])
+            except Exception as e:
+                raise usage.UsageError(f"bad --metrics {self['metrics']!r}: {e}")
         try:
             self["default-room"] = valid_room(self["default-room"])
         except ChatError as e:
@@ -164,17 +175,21 @@ def _guests(value, have_accounts: bool) -> bool:
 
 class _Announced:
     """Wraps a server endpoint to log the address it really listens on
-    (so ``tcp:0`` is usable: the log names the port the kernel chose)."""
+    (so ``tcp:0`` is usable: the log names the port the kernel chose);
+    ``port`` is the listening port once it listens."""
 
-    def __init__(self, endpoint, description):
+    def __init__(self, endpoint, description, what="chat"):
         self._endpoint = endpoint
-        self._description = description
+        self.description = description
+        self._what = what
+        self.port = None
 
     def listen(self, factory):
         def announce(port):
+            self.port = port
             address = port.getHost()
-            log.info("chat listening on {where} ({description})",
-                     where=_where(address), description=self._description)
+            log.info("{what} listening on {where} ({description})", what=self._what,
+                     where=_where(address), description=self.description)
             return port
 
         return self._endpoint.listen(factory).addCallback(announce)
@@ -219,8 +234,15 @@ def makeService(options) -> service.IService:
     )
     top = _HistoryChatService(turn, options["shutdown-timeout"], store)
     top.factory = factory  # the line face's
+    listeners = []
     for description, endpoint in zip(options["ports"], options["endpoints"]):
-        StreamServerEndpointService(_Announced(endpoint, description), factory).setServiceParent(top)
+        listeners.append(_Announced(endpoint, description))
+        StreamServerEndpointService(listeners[-1], factory).setServiceParent(top)
+    if options.get("metrics"):
+        from .monitor import monitor
+
+        listener = _Announced(options["metrics-endpoint"], options["metrics"], what="metrics")
+        monitor(listener, top, turn, store, listeners, reactor).setServiceParent(top)
     return top
 
 

@@ -180,7 +180,11 @@ class Outlet:
         if member is not None:
             fanout.catch_up(member)  # room events before this one go first
         out = self._out
-        out.append(event.encode(self.mode))
+        data = event.encode(self.mode)
+        out.append(data)
+        counts = self.turn.counts
+        counts.deliveries += 1
+        counts.bytes_out += len(data)
         if len(out) == 1:
             self.turn.dirty(self)
             if member is not None:
@@ -264,6 +268,7 @@ class Outlet:
 
     def _overflowed(self) -> None:
         """The backlog is over its limit: this client does not read."""
+        self.turn.counts.slow_consumers += 1
         self._out = []
         self.face.outlet_overflowed()  # the face leaves the hub
         # The backlog is gone (BoundedOutput dropped it); the bye goes behind

@@ -74,6 +74,7 @@ class Turn:
         if hub.schedule is not None:
             raise ValueError("this hub has its delivery turn already")
         self.hub = hub
+        self.counts = hub.counts  # what the server did (twisted_chat.metrics)
         self.clock = clock
         self.limits = ConnectionLimits(max_clients, max_per_ip)
         self.connections = {}  # admitted outlets still open -> their peer's host
@@ -92,6 +93,7 @@ class Turn:
         None once admitted, else the error code that refuses it."""
         refused = self.limits.admit(host)
         if refused is not None:
+            self.counts.refused[refused] += 1
             return refused
         self.connections[outlet] = host
         if self.input_paused:

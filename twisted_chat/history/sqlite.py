@@ -33,6 +33,7 @@ import marshal
 import os
 import sqlite3
 import sys
+import time
 from collections import deque
 from typing import Callable, List, Optional
 
@@ -251,6 +252,13 @@ class SQLiteHistory(Service):
         self._pressure = None  # (pause, resume) callables
         self._paused = False
         self.last_id_at_start = 0
+        # For the server's metrics and health check (twisted_chat.metrics):
+        # messages stored and not, reads, the last failure to store (time,
+        # reason; None once a batch is stored again), and observe_batch
+        # (seconds, messages), called as each batch is answered.
+        self.stored = self.not_stored = self.reads = 0
+        self.write_failure = None
+        self.observe_batch = None
 
     # -- service life ----------------------------------------------------------
 
@@ -361,13 +369,15 @@ class SQLiteHistory(Service):
             d = self._runner(self._write, rows)
         d.addCallbacks(self._written, self._write_failed,
                        callbackArgs=(callbacks,), errbackArgs=(callbacks,))
-        d.addBoth(self._batch_over, len(callbacks))
+        d.addBoth(self._batch_over, len(callbacks), time.perf_counter())
 
     def _write(self, rows):
         """The runner's thread: the batch in one transaction; the first id."""
         return writer.write_batch(self._conn, rows)
 
     def _written(self, first, callbacks):
+        self.stored += len(callbacks)
+        self.write_failure = None
         for offset, (done, _) in enumerate(callbacks):
             try:
                 done(first + offset)
@@ -375,6 +385,8 @@ class SQLiteHistory(Service):
                 self.log.failure("delivering stored message {id}", id=first + offset)
 
     def _write_failed(self, failure, callbacks):
+        self.not_stored += len(callbacks)
+        self.write_failure = (self.clock.seconds(), failure.getErrorMessage())
         self.log.error("history: could not store {n} message(s), they were not delivered: "
                        "{error}", n=len(callbacks), error=failure.getErrorMessage())
         for _, failed in callbacks:
@@ -384,7 +396,9 @@ class SQLiteHistory(Service):
                 except Exception:
                     self.log.failure("reporting a message that was not stored")
 
-    def _batch_over(self, _, count):
+    def _batch_over(self, _, count, started=None):
+        if started is not None and self.observe_batch is not None:
+            self.observe_batch(time.perf_counter() - started, count)
         self._in_flight -= 1
         self._waiting -= count
         if self._paused and self._waiting <= LOW_WATER:
@@ -398,6 +412,21 @@ class SQLiteHistory(Service):
             waiters, self._idle = self._idle, []
             for d in waiters:
                 d.callback(None)
+
+    @property
+    def waiting(self) -> int:
+        """Messages appended and not answered yet (stored or failed)."""
+        return self._waiting
+
+    def probe(self) -> Deferred:
+        """Whether the store answers: a Deferred that fires once an empty
+        write transaction (it takes the database's write lock) has been done
+        behind the writes already asked for, or fails saying why not."""
+        if self._writer is not None:
+            return self._writer.request("write", [])
+        if self._runner is None:
+            return fail(HistoryError("the history store is not open"))
+        return self._runner(self._write, [])
 
     def drain(self) -> Deferred:
         """A Deferred that fires once everything appended so far is written."""
@@ -470,9 +499,11 @@ class SQLiteHistory(Service):
     # -- reading ---------------------------------------------------------------
 
     def recent(self, room: str, limit: int) -> Deferred:
+        self.reads += 1
         return self._runner(self._select, room, None, limit)
 
     def before(self, room: str, before_id: int, limit: int) -> Deferred:
+        self.reads += 1
         return self._runner(self._select, room, before_id, limit)
 
     def _select(self, room, before_id, limit):
