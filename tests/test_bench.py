@@ -124,6 +124,13 @@ class CommandLineTests(SynchronousTestCase):
         results = self.run_custom(["--generator", "python"])
         self.assertEqual(results["generator"], "python")
 
+    def test_metrics_on_and_off_in_one_run(self):
+        everything = self.run_custom(["--servers", "ours,metrics,bare"])
+        results = everything["scenarios"]["custom"]["results"]
+        self.assertEqual(results["metrics"]["steps"][0]["delivery"], 1.0)
+        self.assertGreater(results["metrics"]["cpu_s_per_m_deliveries"], 0)
+        self.assertIn("scrapes", results["metrics"])
+
     def run_custom(self, extra):
         fd, path = tempfile.mkstemp(suffix=".json")
         os.close(fd)
@@ -134,6 +141,8 @@ class CommandLineTests(SynchronousTestCase):
                       "--json", path] + extra)
         text = out.getvalue()
         self.assertIn("RATIO ours/bare p99", text)
+        if "metrics" in " ".join(extra):
+            self.assertIn("RATIO metrics-on/off server CPU per delivery", text)
         with open(path) as f:
             everything = json.load(f)
         results = everything["scenarios"]["custom"]["results"]

@@ -13,7 +13,7 @@ import time
 
 from .cgen import CLoadGenerator, compiler
 from .loadgen import LoadGenerator
-from .servers import BareServer, OurServer, RSSSampler, raise_fd_limit
+from .servers import BareServer, MetricsServer, OurServer, RSSSampler, raise_fd_limit
 
 # name: members, senders, mode (sweep from a start rate, or one fixed rate), rate (msgs/s)
 SCENARIOS = {
@@ -61,7 +61,7 @@ def summarize(raw, rate, duration, cpu_server, rss_peak_kb, max_p99_ms=MAX_P99_M
 
 
 def fmt_step(kind, s):
-    return (f"  {kind:>4} {s['rate']:9.0f} msg/s  offered {s['offered'] / 1e6:6.3f} M/s  "
+    return (f"  {kind:>7} {s['rate']:9.0f} msg/s  offered {s['offered'] / 1e6:6.3f} M/s  "
             f"delivered {100 * s['delivery']:6.2f}%  {s['deliveries_per_s'] / 1e6:6.3f} M/s  "
             f"p50/p90/p99/max {s['p50_ms']:6.1f}/{s['p90_ms']:6.1f}/{s['p99_ms']:6.1f}/"
             f"{s['max_ms']:6.1f} ms  cpu srv {100 * s['server_cpu']:3.0f}% "
@@ -81,14 +81,19 @@ class Subject:
 
     def setup(self):
         kind, sc, args = self.kind, self.sc, self.args
-        server = self.server = (OurServer(args.server_arg) if kind == "ours"
-                                else BareServer()).start()
+        if kind == "ours":
+            server = OurServer(args.server_arg)
+        elif kind == "metrics":
+            server = MetricsServer(args.server_arg)
+        else:
+            server = BareServer()
+        server = self.server = server.start()
         rss_empty = server.status("VmRSS") or 0
         gen = self.gen = args.generator_class(sc["members"], sc["senders"],
                                        workers=args.workers or sc.get("workers", 1),
                                        probes=args.probes)
         with RSSSampler(server) as sampler:
-            conn = gen.connect(server.port, rate=args.connect_rate, register=(kind == "ours"),
+            conn = gen.connect(server.port, rate=args.connect_rate, register=(kind != "bare"),
                                timeout=args.connect_timeout)
         gen.settle(timeout=args.connect_timeout)
         rss_idle = server.status("VmRSS") or 0
@@ -98,13 +103,13 @@ class Subject:
             rss_connect_peak_kb=sampler.peak,
             kb_per_idle_connection=(rss_idle - rss_empty) / max(conn["registered"], 1),
         )
-        self.out(f"  {kind:>4} connect: {conn['registered']}/{sc['members']} registered in "
+        self.out(f"  {kind:>7} connect: {conn['registered']}/{sc['members']} registered in "
                  f"{conn['seconds']:.2f} s at {args.connect_rate:.0f}/s offered; "
                  f"idle RSS {rss_idle / 1024:.0f} MB "
                  f"({self.result['kb_per_idle_connection']:.1f} KB per connection)")
         self.active = conn["registered"] == sc["members"]
         if not self.active:
-            self.out(f"  {kind:>4} not every member registered; skipping its runs")
+            self.out(f"  {kind:>7} not every member registered; skipping its runs")
 
     def step(self, rate, duration):
         """One step at ``rate``; False once this server's sweep is over."""
@@ -131,6 +136,8 @@ class Subject:
             self.gen.close()
         if self.server is not None:
             self.server.stop()
+            if isinstance(self.server, MetricsServer):
+                self.result["scrapes"] = self.server.scrapes
 
 
 def measure(kinds, sc, args, out):
@@ -165,25 +172,52 @@ def ratio(a, b):
     return a / b if b else float("inf")
 
 
+def cpu_per_delivery(result):
+    """Server CPU seconds per million deliveries, over the steps that passed."""
+    steps = [s for s in result["steps"] if s["ok"] and s["deliveries_per_s"]]
+    if not steps:
+        return float("nan")
+    return 1e6 * sum(s["server_cpu"] / s["deliveries_per_s"] for s in steps) / len(steps)
+
+
+def report_metrics(sc, ours, on, out):
+    """Metrics on vs off (``--servers ours,metrics``): the cost of counting."""
+    if not (ours and on and ours["steps"] and on["steps"]):
+        return
+    for r in (ours, on):
+        r["cpu_s_per_m_deliveries"] = cpu_per_delivery(r)
+    out(f"  metrics on: {on.get('scrapes', 0)} scrapes of /metrics during the run")
+    if sc["sweep"]:
+        out(f"  RATIO metrics-on/off max sustained deliveries/s: "
+            f"{ratio(on['max_sustained_deliveries_per_s'], ours['max_sustained_deliveries_per_s']):.3f}x")
+    else:
+        out(f"  RATIO metrics-on/off p99: "
+            f"{ratio(on['steps'][-1]['p99_ms'], ours['steps'][-1]['p99_ms']):.3f}x")
+    out(f"  RATIO metrics-on/off server CPU per delivery: "
+        f"{ratio(on['cpu_s_per_m_deliveries'], ours['cpu_s_per_m_deliveries']):.3f}x "
+        f"({on['cpu_s_per_m_deliveries']:.3f} vs {ours['cpu_s_per_m_deliveries']:.3f} "
+        f"CPU s per million deliveries, steps that passed)")
+
+
 def report(name, sc, results, out):
-    ours, bare = results.get("ours"), results.get("bare")
+    ours, bare, on = results.get("ours"), results.get("bare"), results.get("metrics")
     out(f"== scenario {name}: summary")
     if sc["sweep"]:
-        for r in (ours, bare):
+        for r in (ours, on, bare):
             if r:
                 d, m = max_sustained(r)
                 r["max_sustained_deliveries_per_s"], r["max_sustained_rate"] = d, m
-                out(f"  {r['server']:>4} max sustained: {m:.0f} msgs/s = {d / 1e6:.3f} M "
+                out(f"  {r['server']:>7} max sustained: {m:.0f} msgs/s = {d / 1e6:.3f} M "
                     f"deliveries/s (100% delivered, p99 <= {MAX_P99_MS:.0f} ms)")
         if ours and bare:
             out(f"  RATIO ours/bare max sustained deliveries/s: "
                 f"{ratio(ours['max_sustained_deliveries_per_s'], bare['max_sustained_deliveries_per_s']):.2f}x")
     else:
-        for r in (ours, bare):
+        for r in (ours, on, bare):
             if r and r["steps"]:
                 s = r["steps"][-1]
                 limit = sc.get("max_p99_ms", MAX_P99_MS)
-                out(f"  {r['server']:>4} {s['rate']:.0f} msgs/s: delivered "
+                out(f"  {r['server']:>7} {s['rate']:.0f} msgs/s: delivered "
                     f"{100 * s['delivery']:.2f}%, p99 {s['p99_ms']:.1f} ms "
                     f"(100% and p99 <= {limit:.0f} ms: {'met' if s['ok'] else 'NOT met'}), "
                     f"peak RSS {s['rss_peak_kb'] / 1024:.0f} MB")
@@ -191,9 +225,10 @@ def report(name, sc, results, out):
             o, b = ours["steps"][-1], bare["steps"][-1]
             out(f"  RATIO ours/bare p99: {ratio(o['p99_ms'], b['p99_ms']):.2f}x; "
                 f"peak RSS: {ratio(o['rss_peak_kb'], b['rss_peak_kb']):.2f}x")
-    for r in (ours, bare):
+    report_metrics(sc, ours, on, out)
+    for r in (ours, on, bare):
         if r and "connect_seconds" in r:
-            out(f"  {r['server']:>4} connect {r['registered']}/{sc['members']} in "
+            out(f"  {r['server']:>7} connect {r['registered']}/{sc['members']} in "
                 f"{r['connect_seconds']:.2f} s; {r['kb_per_idle_connection']:.1f} KB/idle conn")
 
 
@@ -208,7 +243,9 @@ def main(argv=None):
     p.add_argument("--senders", type=int, default=10, help="custom scenario: senders")
     p.add_argument("--rate", type=float, help="custom scenario: msgs/s (start rate if --sweep)")
     p.add_argument("--sweep", action="store_true", help="custom scenario: sweep the rate")
-    p.add_argument("--servers", default="ours,bare", help="which servers (ours,bare)")
+    p.add_argument("--servers", default="ours,bare",
+                   help="which servers, of ours, metrics (ours with --metrics on, scraped "
+                        "every second) and bare (default: ours,bare)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra `twistd chat` option for our server (repeatable), "
                         "e.g. --server-arg=--rate=100000")

@@ -12,7 +12,8 @@ def plot(results, path):
 
     scenarios = results["scenarios"]
     fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 7), squeeze=False)
-    styles = {"ours": ("tab:blue", "o-"), "bare": ("tab:gray", "s--")}
+    styles = {"ours": ("tab:blue", "o-"), "metrics": ("tab:green", "d-."),
+              "bare": ("tab:gray", "s--")}
     for col, (name, sc) in enumerate(scenarios.items()):
         top, bottom = axes[0][col], axes[1][col]
         if not sc.get("sweep", True):

@@ -1,6 +1,7 @@
 """Start the servers the benchmark measures, as real subprocesses, and read their memory.
 
 ``ours`` is ``twistd -n chat`` (every feature the options give it);
+``metrics`` is the same with ``--metrics`` on and scraped every second;
 ``bare`` is :mod:`twisted_chat.bench.baseline`. Both listen on an ephemeral
 loopback port with a listen backlog that fits a connection storm, and both get
 the fd soft limit raised to the hard limit before ``exec``.
@@ -131,6 +132,45 @@ class OurServer(ServerProcess):
             "-n", "--pidfile=", "chat",
             "--port", "tcp:0:interface=127.0.0.1:backlog=4096",
         ] + OUR_DEFAULT_ARGS + self.extra_args
+
+
+class MetricsServer(OurServer):
+    """``ours`` with ``--metrics`` on, scraped the way Prometheus would (every
+    ``scrape_interval`` seconds, over HTTP) while it runs; ``scrapes`` counts
+    the scrapes that succeeded."""
+
+    name = "metrics"
+    metrics_listening = re.compile(r"metrics listening on tcp:(\d+)")
+
+    def __init__(self, extra_args=(), scrape_interval=1.0):
+        super().__init__(["--metrics", "tcp:0:interface=127.0.0.1"] + list(extra_args))
+        self.scrape_interval = scrape_interval
+        self.metrics_port = None
+        self.scrapes = 0
+        self._stop = threading.Event()
+
+    def log_line(self, line):
+        if self.metrics_port is None:
+            m = self.metrics_listening.search(line)
+            if m:
+                self.metrics_port = int(m.group(1))
+                threading.Thread(target=self._scrape, daemon=True).start()
+
+    def _scrape(self):
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        while not self._stop.wait(self.scrape_interval):
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    r.read()
+                self.scrapes += 1
+            except OSError:
+                pass
+
+    def stop(self):
+        self._stop.set()
+        super().stop()
 
 
 class BareServer(ServerProcess):
