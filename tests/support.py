@@ -31,14 +31,17 @@ def twistd_command():
 class ChatServer:
     """A real ``twistd -n chat`` process listening on an ephemeral loopback port.
 
-    ``args`` are extra ``twistd chat`` options. The process runs in its own
+    ``args`` are extra ``twistd chat`` options, ``twistd_args`` twistd's own.
+    The process runs in its own
     temporary directory (``self.dir``); ``stop()`` ends it and removes that.
     """
 
     LISTENING = re.compile(r"chat listening on tcp:(\d+)")
 
-    def __init__(self, *args, port="tcp:0:interface=127.0.0.1", directory=None, env=None):
+    def __init__(self, *args, port="tcp:0:interface=127.0.0.1", directory=None, env=None,
+                 twistd_args=()):
         self.args = list(args)
+        self.twistd_args = list(twistd_args)  # twistd's own options, e.g. --logger
         self.port_spec = port
         self._own_dir = directory is None
         self.dir = directory or tempfile.mkdtemp(prefix="chat-test-")
@@ -49,7 +52,7 @@ class ChatServer:
         self._lines = queue.Queue()
 
     def start(self, timeout=DEFAULT_TIMEOUT):
-        cmd = twistd_command() + ["-n", "--pidfile=", "chat"]
+        cmd = twistd_command() + ["-n", "--pidfile="] + self.twistd_args + ["chat"]
         if self.port_spec is not None:
             cmd += ["--port", self.port_spec]
         cmd += self.args
