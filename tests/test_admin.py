@@ -1,0 +1,217 @@
+"""``twisted-chat-admin``: an online backup of a real server's database under
+load (every message acknowledged before the backup is in the copy, which
+passes its integrity check), the listings, and errors without tracebacks."""
+
+import io
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat import admin, passwords
+from twisted_chat.history import room_message, schema, writer
+
+from .support import ChatServer
+
+
+def run_admin(*args, timeout=120):
+    """``python -m twisted_chat.admin ARGS`` (the console script's main)."""
+    return subprocess.run([sys.executable, "-m", "twisted_chat.admin", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def prefill(path, count, rooms=("lobby", "dev")):
+    """A history database holding ``count`` messages, as the server writes them."""
+    conn = schema.connect(path)
+    try:
+        batch = []
+        for i in range(count):
+            room = rooms[i % len(rooms)]
+            batch.append(room_message(room, room.capitalize() if room == "dev" else room,
+                                      "filler", f"message {i} " + "x" * 100,
+                                      1_700_000_000.0 + i))
+            if len(batch) == 5000:
+                writer.write_batch(conn, batch)
+                batch = []
+        if batch:
+            writer.write_batch(conn, batch)
+    finally:
+        conn.close()
+
+
+class Sender(threading.Thread):
+    """Sends messages in bursts of ``burst`` and reads their acknowledgements
+    (JSON echoes, sent only once stored), recording each acknowledged id."""
+
+    def __init__(self, client, name, burst=20):
+        super().__init__(daemon=True)
+        self.client, self.name, self.burst = client, name, burst
+        self.acked = []  # ids, in the order their acknowledgements arrived
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        n = 0
+        try:
+            while not self.stop.is_set():
+                texts = [f"{self.name} {n + i}" for i in range(self.burst)]
+                n += self.burst
+                self.client.send(*texts)
+                for text in texts:
+                    self.acked.append(self.client.expect_event("message", text=text)["id"])
+        except BaseException as e:  # reported by the test
+            self.error = e
+
+
+class BackupUnderLoadTests(SynchronousTestCase):
+    def test_backup_while_the_server_takes_messages(self):
+        directory = tempfile.mkdtemp(prefix="chat-admin-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        db = os.path.join(directory, "chat.sqlite")
+        prefill(db, 100_000)  # some megabytes: the copy takes a while
+        server = ChatServer("--rate", "0", "--max-backlog", str(64 << 20), "--history", "0",
+                            directory=directory).start()
+        self.addCleanup(server.stop)
+        senders = []
+        for name in ("alice", "bob"):
+            client = server.client()
+            self.addCleanup(client.close)
+            client.json_mode(name)
+            senders.append(Sender(client, name))
+        for s in senders:
+            s.start()
+
+        def stop_senders():
+            for s in senders:
+                s.stop.set()
+            for s in senders:
+                s.join(30)
+
+        self.addCleanup(stop_senders)
+        deadline = time.monotonic() + 30
+        while sum(len(s.acked) for s in senders) < 500 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        acked_before = set()
+        for s in senders:
+            acked_before.update(list(s.acked))
+        self.assertGreaterEqual(len(acked_before), 500)
+        dest = os.path.join(directory, "backup.sqlite")
+        done = run_admin("backup", db, dest)
+        acked_during = sum(len(s.acked) for s in senders) - len(acked_before)
+        stop_senders()
+        for s in senders:
+            self.assertIsNone(s.error)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("integrity check ok", done.stdout)
+        # The server went on acknowledging messages while it copied.
+        self.assertGreater(acked_during, 0)
+
+        copy = sqlite3.connect(dest)
+        self.addCleanup(copy.close)
+        self.assertEqual(copy.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
+        self.assertEqual(copy.execute("PRAGMA journal_mode").fetchone()[0], "delete")
+        ids = {row[0] for row in copy.execute("SELECT id FROM messages")}
+        self.assertEqual(acked_before - ids, set())
+        self.assertEqual(schema.version_of(copy), schema.LATEST)
+        # One snapshot: the copy is the original up to its newest message, no holes.
+        server.stop()
+        original = sqlite3.connect(db)
+        self.addCleanup(original.close)
+        newest = max(ids)
+        self.assertEqual(ids, {row[0] for row in original.execute(
+            "SELECT id FROM messages WHERE id <= ?", (newest,))})
+        self.assertEqual(os.listdir(directory).count("backup.sqlite"), 1)
+        self.assertEqual([f for f in os.listdir(directory) if ".partial" in f], [])
+
+
+class AdminTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="chat-admin-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.db = os.path.join(self.dir, "chat.sqlite")
+
+    def main(self, *argv):
+        out = io.StringIO()
+        code = admin.main(list(argv), out=out)
+        return code, out.getvalue()
+
+    def test_rooms(self):
+        prefill(self.db, 5)
+        code, out = self.main("rooms", self.db)
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["ROOM", "MESSAGES", "LAST", "MESSAGE"])
+        self.assertEqual(lines[1].split()[:2], ["Dev", "2"])
+        self.assertEqual(lines[2].split()[:2], ["lobby", "3"])
+        self.assertIn("2023-11-14 22:13:24 UTC", lines[2])
+
+    def test_accounts(self):
+        path = os.path.join(self.dir, "accounts.passwd")
+        for name in ("bob", "Alice"):
+            passwords.set_account(path, name, passwords.hash_password("pw", ln=4))
+        code, out = self.main("accounts", path)
+        self.assertEqual(code, 0)
+        self.assertEqual([line.split() for line in out.splitlines()],
+                         [["NAME", "HASH"], ["Alice", "scrypt", "ln=4,r=8,p=1"],
+                          ["bob", "scrypt", "ln=4,r=8,p=1"]])
+        self.assertNotIn("$", out)
+
+    def test_backup_refuses_an_existing_destination(self):
+        prefill(self.db, 1)
+        dest = os.path.join(self.dir, "exists")
+        with open(dest, "w") as f:
+            f.write("keep me")
+        done = run_admin("backup", self.db, dest)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("exists", done.stderr)
+        with open(dest) as f:
+            self.assertEqual(f.read(), "keep me")
+
+    def test_clear_errors_without_tracebacks(self):
+        prefill(self.db, 1)
+        not_db = os.path.join(self.dir, "not.sqlite")
+        with open(not_db, "wb") as f:
+            f.write(b"hello, this is not a database at all" * 100)
+        foreign = os.path.join(self.dir, "foreign.sqlite")
+        sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
+        cases = [
+            (("rooms", os.path.join(self.dir, "missing.sqlite")), "does not exist"),
+            (("rooms", not_db), "not an SQLite database"),
+            (("rooms", foreign), "not a twisted-chat history database"),
+            (("backup", self.db, os.path.join(self.dir, "no", "such", "dir.sqlite")),
+             "does not exist"),
+            (("accounts", not_db), "line 1"),
+        ]
+        for args, said in cases:
+            done = run_admin(*args)
+            self.assertEqual(done.returncode, 1, args)
+            self.assertIn(said, done.stderr, args)
+            self.assertTrue(done.stderr.startswith("twisted-chat-admin: "), done.stderr)
+            self.assertNotIn("Traceback", done.stderr)
+
+    def test_a_locked_database(self):
+        prefill(self.db, 3)
+        # Another program holds the database exclusively (locking_mode
+        # EXCLUSIVE and a write): nobody else may even read it.
+        holder = sqlite3.connect(self.db, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("DELETE FROM messages WHERE id = 1")
+        for args in (("rooms", self.db), ("backup", self.db,
+                                         os.path.join(self.dir, "copy.sqlite"))):
+            done = run_admin(*args, "--timeout", "0.2")
+            self.assertEqual(done.returncode, 1, args)
+            self.assertIn("the database is locked by another program", done.stderr)
+            self.assertNotIn("Traceback", done.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "copy.sqlite")))
+        self.assertEqual([f for f in os.listdir(self.dir) if ".partial" in f], [])
+        holder.execute("ROLLBACK")
+        holder.close()
+        self.assertEqual(run_admin("rooms", self.db).returncode, 0)
