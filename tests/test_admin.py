@@ -15,9 +15,9 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_chat import admin, passwords
-from twisted_chat.history import room_message, schema, writer
+from twisted_chat.history import lock, room_message, schema, writer
 
-from .support import ChatServer
+from .support import ChatServer, twistd_command
 
 
 def run_admin(*args, timeout=120):
@@ -215,3 +215,30 @@ class AdminTests(SynchronousTestCase):
         holder.execute("ROLLBACK")
         holder.close()
         self.assertEqual(run_admin("rooms", self.db).returncode, 0)
+
+
+class DatabaseLockTests(SynchronousTestCase):
+    """A running server holds its database: a second one is refused (and so,
+    later, are twisted-chat-admin's offline changes)."""
+
+    def test_a_second_server_on_the_same_database_is_refused(self):
+        directory = tempfile.mkdtemp(prefix="chat-admin-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        first = ChatServer(directory=directory).start()
+        self.addCleanup(first.stop)
+        done = subprocess.run(
+            twistd_command() + ["-n", "--pidfile=", "chat", "--port", "tcp:0:interface=127.0.0.1"],
+            cwd=directory, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertIn("cannot use --db chat.sqlite: another twisted-chat server, or "
+                      "twisted-chat-admin, is using it", done.stdout + done.stderr)
+        self.assertNotIn("Traceback", done.stdout + done.stderr)
+        # The first one is unharmed, and once it has stopped the lock is free.
+        client = first.client()
+        self.addCleanup(client.close)
+        client.json_mode("alice")
+        client.send("still here")
+        client.expect_event("message", text="still here")
+        first.stop()
+        fd = lock.acquire(os.path.join(directory, "chat.sqlite"))
+        lock.release(fd)

@@ -17,6 +17,7 @@ from .commands import valid_room
 from .delivery.turn import Turn, TurnService
 from .errors import ChatError
 from .history import HISTORY_CAP, HistoryError
+from .history import lock as history_lock
 from .history import schema as history_schema
 from .history.sqlite import SQLiteHistory
 from .hub import DEFAULT_REPLAY, Hub
@@ -300,16 +301,31 @@ def _check_somaxconn(listen_backlog):
 
 class _HistoryStore(SQLiteHistory):
     """The store as twistd runs it: an unusable database ends the process
-    with one clear log line and exit status 1, not a traceback."""
+    with one clear log line and exit status 1, not a traceback. A database
+    file is locked while it is open (twisted_chat.history.lock): a second
+    server on it is refused, and so are twisted-chat-admin's changes."""
+
+    _lock = None
 
     def startService(self):
         try:
+            if self.path != history_schema.MEMORY:
+                self._lock = history_lock.acquire(self.path)
             super().startService()
         except HistoryError as e:
             log.critical("cannot use --db {path}: {reason}", path=self.path, reason=e)
             raise SystemExit(1)
         where = "in memory only" if self.path == history_schema.MEMORY else self.path
         log.info("history: {where}", where=where)
+
+    def stopService(self):
+        def unlock(result):
+            if self._lock is not None:  # the store's connections are closed now
+                history_lock.release(self._lock)
+                self._lock = None
+            return result
+
+        return super().stopService().addBoth(unlock)
 
 
 class _HistoryChatService(TurnService):
