@@ -92,7 +92,7 @@ class GuestsAllowedTests(AccountServerTestCase):
         owner.expect_event("nick", new="dave")
         squatter.expect_event("join", nick="dave")  # it sees the owner arrive under the name
         owner.send("/quit")
-        squatter.expect_event("part", nick="dave")
+        squatter.expect_event("quit", nick="dave")
         squatter.send("/nick dave")  # the owner is gone, the name stays reserved
         self.assertEqual(squatter.expect_event("error")["code"], "nick-reserved")
 

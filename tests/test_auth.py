@@ -102,15 +102,16 @@ class HubAccountTests(SynchronousTestCase):
         self.hub.guests = False
         m = self.member()
         self.hub.register(m)  # what the protocol's grace timer calls
-        self.assertIsNone(m.room)
-        for command in ("say", "nick", "join", "who", "rooms", "msg", "me"):
-            e = self.assertRaises(ChatError, self.hub.check_guest, m, command)
-            self.assertEqual(e.code, "login-required")
-        for command in ("login", "help", "quit", "mode", "ping"):
-            self.hub.check_guest(m, command)
+        self.assertEqual((m.registered, m.rooms), (False, {}))
+        e = self.assertRaises(ChatError, self.hub.check_guest, m)
+        self.assertEqual(e.code, "login-required")
+        for call in (lambda: self.hub.say(m, "hi"), lambda: self.hub.join(m, "dev"),
+                     lambda: self.hub.private(m, "bob", "hi")):
+            self.assertEqual(self.assertRaises(ChatError, call).code, "login-required")
+        self.assertEqual(m.rooms, {})
         self.hub.login(m, "bob")
-        self.assertEqual(m.room.name, "lobby")
-        self.hub.check_guest(m, "say")
+        self.assertEqual([r.name for r in m.rooms], ["lobby"])
+        self.hub.check_guest(m)
 
 
 class ScryptCheckerTests(SynchronousTestCase):
@@ -314,7 +315,7 @@ class ProtocolLoginTests(SynchronousTestCase):
     def test_guest_is_never_auto_registered(self):
         proto, transport = self.connect()
         self.clock.advance(10)  # well past the registration grace
-        self.assertIsNone(proto.member.room)
+        self.assertEqual(proto.member.rooms, {})
         self.assertEqual(self.hub.rooms["lobby"].members, {})
         proto.lineReceived(b"hello?")
         [ev] = self.events(transport)

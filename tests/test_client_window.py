@@ -114,7 +114,7 @@ class ChatWindowTests(WindowTestCase):
         alice.wait_for(lambda s: s["members"] == ["alice", "bob", "caroline"], "caroline")
         carol.send("/quit")
         state = alice.wait_for(lambda s: s["members"] == ["alice", "bob"], "carol gone")
-        self.assertTrue(has_line("caroline left lobby (quit)", "system")(state))
+        self.assertTrue(has_line("caroline quit (quit)", "system")(state))
 
         # The close button (clicked twice, impatiently): a clean goodbye, exit code 0.
         alice.call("close")
@@ -315,7 +315,7 @@ class WindowManagerTests(SynchronousTestCase):
         self.assertEqual(self.wmctrl("-c", "— bob —").returncode, 0)
         self.assertEqual(bob.wait_exit(), 0, bob.errors())
         self.assertNotIn("Traceback", bob.errors())
-        alice.wait_for(has_line("bob left lobby (quit", "system"), "bob's goodbye")
+        alice.wait_for(has_line("bob quit (quit", "system"), "bob's goodbye")
 
 
 def _end(proc):

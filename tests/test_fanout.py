@@ -52,6 +52,31 @@ class CoalescingTests(ProtocolTestCase):
                              [("alice", "one"), ("alice", "two"), ("bob", "three"),
                               ("alice", "four")])
 
+    def test_a_member_of_several_rooms_gets_their_events_in_the_hubs_order(self):
+        a, b, c = self.connect("alice"), self.connect("bob"), self.connect("carol")
+        for conn in (a, b, c):
+            conn.send(b"/join dev\n")
+            conn.events()
+        c.send(b"/part lobby\n")
+        self.clock.advance(0)
+        for conn in (a, b, c):
+            conn.events()
+        # Interleaved across two rooms in one turn; bob is in both, and also
+        # gets a direct event (pong) in the middle.
+        self.same_turn((c, b"/say dev d1\n"), (a, b"/say lobby l1\n"), (b, b"/ping p\n"),
+                       (c, b"/say dev d2\n"), (a, b"/say lobby l2\n"), (c, b"/say dev d3\n"))
+        self.assertEqual(types(b.events()), [("message", "d1"), ("message", "l1"),
+                                             ("pong", "p"), ("message", "d2"),
+                                             ("message", "l2"), ("message", "d3")])
+        # Without a direct event in between: merged at the flush, one write.
+        a.events(), c.events()
+        counter = CountingWrites(b)
+        self.same_turn((c, b"/say dev e1\n"), (a, b"/say lobby f1\n"), (c, b"/say dev e2\n"))
+        self.assertEqual(types(b.events()), [("message", "e1"), ("message", "f1"),
+                                             ("message", "e2")])
+        self.assertEqual(counter.calls, 1)
+        self.assertEqual(types(c.events()), [("message", "e1"), ("message", "e2")])
+
     def test_members_in_the_same_mode_share_one_blob(self):
         a = self.connect("alice")
         ws = [self.connect(f"w{i}") for i in range(3)]
@@ -106,7 +131,7 @@ class CoalescingTests(ProtocolTestCase):
 
     def test_leaver_mid_turn_gets_traffic_until_it_left(self):
         a, b, w = self.connect("alice"), self.connect("bob"), self.connect("will")
-        self.same_turn((a, b"before\n"), (b, b"/join elsewhere\n"), (a, b"after\n"))
+        self.same_turn((a, b"before\n"), (b, b"/part\n/join elsewhere\n"), (a, b"after\n"))
         got = b.events()
         self.assertEqual(types(got), [
             ("message", "before"), ("part", "bob"), ("join", "bob"), ("names", None)])
@@ -117,16 +142,16 @@ class CoalescingTests(ProtocolTestCase):
 
     def test_leave_and_come_back_in_one_turn(self):
         a, b = self.connect("alice"), self.connect("bob")
-        self.same_turn((a, b"one\n"), (b, b"/join x\n"), (a, b"two\n"),
-                       (b, b"/join lobby\n"), (a, b"three\n"))
+        self.same_turn((a, b"one\n"), (b, b"/part\n/join x\n"), (a, b"two\n"),
+                       (b, b"/part\n/join lobby\n"), (a, b"three\n"))
         self.assertEqual(types(b.events()), [
             ("message", "one"), ("part", "bob"), ("join", "bob"), ("names", None),
             ("part", "bob"), ("join", "bob"), ("names", None), ("message", "three")])
 
-    def test_quitter_gets_its_part_then_bye(self):
+    def test_quitter_gets_its_quit_then_bye(self):
         a, b = self.connect("alice"), self.connect("bob")
         self.same_turn((a, b"one\n"), (b, b"/quit done\n"), (a, b"two\n"))
-        self.assertEqual(types(b.events()), [("message", "one"), ("part", "bob"),
+        self.assertEqual(types(b.events()), [("message", "one"), ("quit", "bob"),
                                              ("bye", None)])
         self.assertTrue(b.transport.disconnecting)
 
@@ -182,7 +207,7 @@ class CoalescingServerTests(ServerTestCase):
             if chunk == 2:
                 joiner.send("/mode json", "/nick joiner")
             if chunk == 4:
-                leaver.send("/join elsewhere")
+                leaver.send("/part", "/join elsewhere")
             time.sleep(0.01)
         sender.send("/ping end")
         sender.expect_event("pong", token="end")

@@ -16,14 +16,22 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_chat.hub import Hub
 from twisted_chat.protocol import ChatFactory
 
-EVENT_TYPES = {"welcome", "join", "part", "nick", "names", "rooms", "message", "private",
-               "error", "info", "pong", "bye"}
+EVENT_TYPES = {"welcome", "join", "part", "quit", "nick", "names", "rooms", "message",
+               "private", "error", "info", "pong", "bye", "topic", "mode", "kick", "invite",
+               "flags", "bans", "history-end", "presence"}
 
 # Pieces that steer random bytes into the interesting paths.
 PIECES = [b"\n", b"\r\n", b"\r", b"/nick ", b"/join ", b"/msg ", b"/me ", b"/mode json\n",
           b"/mode text\n", b"/who\n", b"/rooms\n", b"/ping ", b"/help\n", b"/quit\n", b"//",
           b"\x1b[31m", b"\x1b]0;title\x07", b"\x00", b"\xc2\x9b", b"\x7f", b"\xff\xfe",
-          "é".encode(), "Ａlice".encode(), b"\xe2\x82", b"a" * 70, b"obs", b"lobby", b"\t"]
+          "é".encode(), "Ａlice".encode(), b"\xe2\x82", b"a" * 70, b"obs", b"lobby", b"\t",
+          # protocol v2: several rooms, topics, moderation
+          b"/part ", b"/say ", b"/describe ", b"/topic ", b"/op ", b"/deop ", b"/voice ",
+          b"/devoice ", b"/kick ", b"/ban ", b"/unban ", b"/invite ", b"/set ", b"/history ",
+          b"dev ", b"lobby ", b"obsj ", b"obst ", b"guest3 ", b"moderated on\n",
+          b"invite-only on\n", b"key k\n", b"limit 1\n", b"topic-lock off\n", b" -\n",
+          b"address:10.0.0.1", b"/join dev\n", b"/join dev k\n", b"/op dev guest4\n",
+          b"/kick lobby obst\n", b"/ban dev guest4\n"]
 
 chunk = st.one_of(st.binary(max_size=40), st.sampled_from(PIECES),
                   st.lists(st.sampled_from(PIECES), max_size=6).map(b"".join))
@@ -45,6 +53,29 @@ def _strings(value):
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
+
+
+def check_hub(test, hub):
+    """The hub's invariants: each member's rooms and each room's members
+    agree; present operators and voiced members are members; the nick index
+    and each room's nick list match the members."""
+    for key, member in hub.members.items():
+        test.assertEqual(key, member.key)
+        test.assertFalse(member.gone)
+        for room in member.rooms:
+            test.assertIs(hub.rooms.get(room.key), room)
+            test.assertIn(member, room.members)
+        test.assertTrue(member.active is None or member.active in member.rooms)
+    for key, room in hub.rooms.items():
+        test.assertEqual(key, room.key)
+        test.assertEqual(room.nicks(), [m.nick for m in room.members])
+        for member in room.members:
+            test.assertIs(hub.members.get(member.key), member)
+            test.assertIn(room, member.rooms)
+        test.assertLessEqual(set(room.ops), set(room.members))
+        test.assertLessEqual(set(room.voiced), set(room.members))
+        test.assertEqual(set(room.ops), {m for m in room.members if hub.is_op(m, room)})
+        test.assertTrue(room.members or key == hub.default_key)
 
 
 class FuzzTests(SynchronousTestCase):
@@ -97,8 +128,7 @@ class FuzzTests(SynchronousTestCase):
             elif then != "lose":
                 clock.advance(then)
             clock.advance(0)
-            for room in factory.hub.rooms.values():  # kept as members come and go
-                self.assertEqual(room.nicks(), [m.nick for m in room.members])
+            check_hub(self, factory.hub)
         clock.advance(5)
         for who in range(3):  # half-lines still buffered at disconnect
             if who not in lost:

@@ -96,7 +96,7 @@ class OrderTests(HistoryHubTestCase):
         alice, bob = self.connect("alice"), self.connect("bob")
         self.say(alice, "before carol")
         carol = self.connect_pending("carol")
-        bob.send(b"/join elsewhere\n")
+        bob.send(b"/part\n")
         self.commit()
         bob_events = [(e["type"], e.get("text") or e.get("reason")) for e in bob.events()]
         # bob got the message said while he was there, then carol coming,
@@ -132,7 +132,7 @@ class OrderTests(HistoryHubTestCase):
         self.assertEqual(alice.lines(), [])
         events = bob.events()
         self.assertEqual([(e["type"], e.get("text")) for e in events],
-                         [("message", "parting words"), ("part", None)])
+                         [("message", "parting words"), ("quit", None)])
 
     def test_sender_who_changes_room_still_gets_its_acknowledgement(self):
         alice, bob = self.connect("alice"), self.connect("bob")
@@ -219,7 +219,7 @@ class ReplayTests(HistoryHubTestCase):
         bob = Conn(self.factory, self.clock, 3)
         bob.send(b"/mode json\n")
         bob.lines()
-        bob.send(b"/nick bob\n/join dev\n/ping x\n")  # the lobby read is still queued
+        bob.send(b"/nick bob\n/part\n/join dev\n/ping x\n")  # the lobby read is still queued
         self.commit()
         got = [(e["type"], e.get("room"), e.get("text")) for e in bob.events()]
         self.assertEqual(got, [
@@ -242,31 +242,31 @@ class ReplayTests(HistoryHubTestCase):
         carol.send(b"/nick carol\n")
         self.commit()
         lines = carol.lines()
-        self.assertRegex(lines[-3], r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] <alice> hello$")
-        self.assertRegex(lines[-2], r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] \* alice waves$")
-        self.assertEqual(lines[-1], "-- end of history: 2 messages in lobby --")
+        self.assertRegex(lines[-3], r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] #lobby <alice> hello$")
+        self.assertRegex(lines[-2], r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] #lobby \* alice waves$")
+        self.assertEqual(lines[-1], "-- end of history: 2 messages in #lobby --")
 
     def test_history_command_pages_and_caps(self):
         alice = self.connect("alice")
         self.say(alice, *(f"m{i}" for i in range(10)))
         self.commit()
         alice.lines()
-        alice.send(b"/history 4\n")
+        alice.send(b"/history lobby 4\n")
         self.commit()
         events = alice.events()
         self.assertEqual([e["text"] for e in events[:-1]], ["m6", "m7", "m8", "m9"])
         oldest = events[-1]["oldest"]
-        alice.send(f"/history before {oldest} 100\n".encode())
+        alice.send(f"/history lobby before {oldest} 100\n".encode())
         self.commit()
         events = alice.events()
         self.assertEqual([e["text"] for e in events[:-1]], [f"m{i}" for i in range(6)])
         self.assertEqual(events[-1]["count"], 6)
         self.assertEqual(events[-1]["limit"], 100)
-        alice.send(f"/history before {events[0]['id']}\n".encode())
+        alice.send(f"/history lobby before {events[0]['id']}\n".encode())
         self.commit()
         self.assertEqual(alice.events(), [{"type": "history-end", "room": "lobby",
                                            "count": 0, "limit": 3}])
-        alice.send(b"/history 100000\n")
+        alice.send(b"/history lobby 100000\n")
         self.commit()
         self.assertEqual(alice.events()[-1]["limit"], 500)
 
@@ -283,15 +283,17 @@ class ReplayTests(HistoryHubTestCase):
 
 class HistoryCommandParseTests(SynchronousTestCase):
     def test_forms(self):
-        self.assertEqual(parse("/history")[3:], (None, None))
-        self.assertEqual(parse("/history 20")[3:], (20, None))
-        self.assertEqual(parse("/HISTORY before 7")[3:], (None, 7))
-        self.assertEqual(parse("/history before 7 9")[3:], (9, 7))
+        self.assertEqual(parse("/history")[3:6], (None, None, None))
+        self.assertEqual(parse("/history dev")[3:6], (None, None, "dev"))
+        self.assertEqual(parse("/history dev 20")[3:6], (20, None, "dev"))
+        self.assertEqual(parse("/HISTORY dev before 7")[3:6], (None, 7, "dev"))
+        self.assertEqual(parse("/history dev BEFORE 7 9")[3:6], (9, 7, "dev"))
 
     def test_bad_forms_are_usage_errors(self):
-        for line in ("/history 0", "/history -1", "/history x", "/history 1 2",
-                     "/history before", "/history before x", "/history before 3 4 5",
-                     "/history ３", "/history " + "9" * 40):
+        for line in ("/history dev 0", "/history dev -1", "/history dev x",
+                     "/history dev 1 2", "/history dev before", "/history dev before x",
+                     "/history dev before 3 4 5", "/history dev ３",
+                     "/history dev " + "9" * 40, "/history dev before 0"):
             e = self.assertRaises(ChatError, parse, line)
             self.assertEqual(e.code, "usage", line)
 

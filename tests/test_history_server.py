@@ -53,9 +53,9 @@ class HistoryServerTestCase(SynchronousTestCase):
                                                   "tcp:0:interface=127.0.0.1", *args],
                               cwd=self.dir, capture_output=True, text=True, timeout=60)
 
-    def page_all(self, client, room_size_hint=500):
-        """Every message of the client's room, via /history before ... paging."""
-        client.send(f"/history {room_size_hint}")
+    def page_all(self, client, room_size_hint=500, room="lobby"):
+        """Every message of ``room``, via /history ROOM before ... paging."""
+        client.send(f"/history {room} {room_size_hint}")
         messages = []
         while True:
             page = []
@@ -67,7 +67,7 @@ class HistoryServerTestCase(SynchronousTestCase):
             messages[:0] = page
             if ev["count"] < ev["limit"]:
                 return messages
-            client.send(f"/history before {ev['oldest']} {room_size_hint}")
+            client.send(f"/history {room} before {ev['oldest']} {room_size_hint}")
 
 
 class ReplayTests(HistoryServerTestCase):
@@ -101,10 +101,11 @@ class ReplayTests(HistoryServerTestCase):
         self.send_and_ack(alice, ["hello"])
         bob = self.client(server, "bob", json=False)
         line = bob.expect_text("<alice> hello")
-        self.assertRegex(line, r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] <alice> hello$")
-        self.assertEqual(bob.readline(), "-- end of history: 1 message in lobby --")
+        self.assertRegex(line, r"^\[\d{4}-\d\d-\d\d \d\d:\d\d\] #lobby <alice> hello$")
+        self.assertEqual(bob.readline(), "-- end of history: 1 message in #lobby --")
         alice.send("live")
-        self.assertRegex(bob.expect_text("<alice> live"), r"^\[\d\d:\d\d\] <alice> live$")
+        self.assertRegex(bob.expect_text("<alice> live"),
+                         r"^\[\d\d:\d\d\] #lobby <alice> live$")
 
     def test_rooms_are_separate_and_matched_ignoring_case(self):
         server = self.start()
@@ -112,8 +113,8 @@ class ReplayTests(HistoryServerTestCase):
         alice.send("/join Dev")
         alice.expect_event("names", room="Dev")
         self.send_and_ack(alice, ["in dev"])
-        alice.send("/join lobby")
-        alice.expect_event("names", room="lobby")
+        alice.send("/part Dev")
+        alice.expect_event("part", room="Dev")
         self.send_and_ack(alice, ["in lobby"])
         bob = self.client(server, "bob")
         bob.expect_event("message", text="in lobby", history=True)
@@ -136,7 +137,7 @@ class ReplayTests(HistoryServerTestCase):
         got = [line for line in carol.seen if '"history":true' in line]
         self.assertEqual(len(got), 2)
         self.assertNotIn("secret", "".join(carol.seen))
-        bob.send("/history 10")
+        bob.send("/history lobby 10")
         bob.expect_event("history-end", count=3)
         self.assertNotIn("secret", "".join(line for line in bob.seen if "history" in line))
         conn = sqlite3.connect(self.db)
@@ -160,14 +161,14 @@ class ReplayTests(HistoryServerTestCase):
         alice = self.client(server, "alice")
         texts = [f"msg {i}" for i in range(520)]
         ids = self.send_and_ack(alice, texts)
-        alice.send("/history 9999")
+        alice.send("/history lobby 9999")
         end = alice.expect_event("history-end")
         self.assertEqual((end["count"], end["limit"]), (500, 500))
         self.assertEqual(end["oldest"], ids[20])
-        alice.send(f"/history before {ids[20]} 15")
+        alice.send(f"/history lobby before {ids[20]} 15")
         page = [alice.expect_event("message", history=True) for _ in range(15)]
         self.assertEqual([e["text"] for e in page], texts[5:20])
-        alice.send("/history before x")
+        alice.send("/history lobby before x")
         self.assertEqual(alice.expect_event("error")["code"], "usage")
         all_messages = self.page_all(alice, 200)
         self.assertEqual([e["id"] for e in all_messages], ids)

@@ -46,9 +46,9 @@ class SlowReaderTests(ServerTestCase):
             sent += 1
         line = self.server.wait_for_log(r"slow consumer 127\.0\.0\.1:\d+ slow: over 65536 bytes")
         self.assertIn("disconnecting", line)
-        # (the part may already have been read past while waiting for messages)
-        parts = [json.loads(line) for line in bob.seen if '"type":"part"' in line]
-        part = parts[0] if parts else bob.expect_event("part", nick="slow")
+        # (the quit may already have been read past while waiting for messages)
+        parts = [json.loads(line) for line in bob.seen if '"type":"quit"' in line]
+        part = parts[0] if parts else bob.expect_event("quit", nick="slow")
         self.assertEqual((part["nick"], part["reason"]), ("slow", "disconnected"))
         # Life goes on, promptly, for everybody else.
         bob.send("still here")
@@ -87,7 +87,7 @@ class FloodTests(ServerTestCase):
         alice.expect_event("error", code="rate-limited")
         alice.send("/quit")  # never limited
         alice.expect_event("bye")
-        bob.expect_event("part", reason="quit")
+        bob.expect_event("quit", reason="quit")
         renames = [line for line in bob.seen if '"type":"nick"' in line]
         self.assertLess(len(renames), 10)
 
@@ -121,7 +121,7 @@ class BadInputTests(ServerTestCase):
         carol = self.client("carol")
         carol.send_raw(b"half a li")
         carol.close()
-        bob.expect_event("part", nick="carol", reason="disconnected")
+        bob.expect_event("quit", nick="carol", reason="disconnected")
         bob.send("/ping x")
         bob.expect_event("pong", token="x")
         self.assertFalse([line for line in bob.seen if "half" in line])
@@ -152,7 +152,7 @@ class ConnectionLimitTests(ServerTestCase):
         self.assertEqual(b1.expect_event("message", nick="a1")["text"], "still fine")
         a2.send("/quit")
         a2.closed()
-        b1.expect_event("part", nick="a2")
+        b1.expect_event("quit", nick="a2")
         c2 = self.client("c2")
         c2.send("/who")
         self.assertEqual(sorted(c2.expect_event("names")["nicks"]), ["a1", "b1", "c2"])
@@ -174,7 +174,7 @@ class IdleTests(ServerTestCase):
         self.assertTrue(idle.closed())
         busy.send("/ping")
         busy.expect_event("pong")
-        parts = [json.loads(line) for line in busy.seen if '"type":"part"' in line]
+        parts = [json.loads(line) for line in busy.seen if '"type":"quit"' in line]
         self.assertEqual([(p["nick"], p["reason"]) for p in parts], [("idle", "disconnected")])
         self.server.wait_for_log(r"disconnect 127\.0\.0\.1:\d+ idle: idle for 2 s")
 

@@ -182,7 +182,7 @@ class OutputPathTests(SynchronousTestCase):
         self.assertIsNone(slow.member)
         self.assertNotIn("slow", h.hub.members)
         self.assertEqual(h.hub.counts.slow_consumers, 1)  # for --metrics
-        self.assertIn(b'"type":"part"', bob_t.value())
+        self.assertIn(b'"type":"quit"', bob_t.value())
         self.assertIn(b'"nick":"slow"', bob_t.value())
         # A slow consumer that never closes is aborted after a while.
         self.assertFalse(slow_t.disconnected)
@@ -295,7 +295,7 @@ class OutputPathTests(SynchronousTestCase):
             self.assertTrue(t.value().endswith(
                 b'{"type":"bye","reason":"server shutting down"}\r\n'), t.value()[-200:])
             self.assertTrue(t.disconnecting)
-            self.assertNotIn(b'"type":"part"', t.value()[-200:])
+            self.assertNotIn(b'"type":"quit"', t.value()[-200:])
         h.lose(conns[1][0])
         h.lose(conns[2][0])
         self.assertEqual(fired, [])

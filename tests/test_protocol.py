@@ -107,12 +107,14 @@ class RegistrationTests(ProtocolTestCase):
         events = c.events()
         self.assertEqual(events[0], {"type": "join", "room": "Dev", "nick": "guest1",
                                      "ts": events[0]["ts"]})
-        self.assertEqual(events[1], {"type": "names", "room": "Dev", "nicks": ["guest1"]})
+        # The first in a room nobody runs is its operator.
+        self.assertEqual(events[1], {"type": "names", "room": "Dev", "nicks": ["guest1"],
+                                     "ops": ["guest1"], "voiced": []})
 
     def test_names_follow_joins_renames_and_parts_in_join_order(self):
         a, b, c = self.connect("alice"), self.connect("bob"), self.connect("carol")
         b.send(b"/nick bee\n")
-        a.send(b"/join elsewhere\n")
+        a.send(b"/join elsewhere\n/part lobby\n")
         c.proto.connectionLost(_closed())
         d = self.connect()
         d.send(b"/nick dave\n")

@@ -43,9 +43,9 @@ class BroadcastTests(ServerTestCase):
     def test_text_mode_sender_gets_no_echo(self):
         alice = self.client("alice", json=False)
         bob = self.client("bob", json=False)
-        alice.expect_text("bob joined lobby")
+        alice.expect_text("#lobby -- bob joined")
         alice.send("hi bob")
-        self.assertRegex(bob.expect_text("<alice>"), r"^\[\d\d:\d\d\] <alice> hi bob$")
+        self.assertRegex(bob.expect_text("<alice>"), r"^\[\d\d:\d\d\] #lobby <alice> hi bob$")
         alice.send("/ping sync")
         self.assertEqual(alice.expect_text("pong"), "-- pong sync")
         self.assertFalse([line for line in alice.seen if "<alice>" in line])
@@ -56,7 +56,7 @@ class RegistrationTests(ServerTestCase):
         watcher = self.client("watcher")
         lurker = self.server.client()
         self.addCleanup(lurker.close)
-        self.assertRegex(lurker.readline(), r"^-- welcome to twisted-chat \(twisted-chat [\d.]+\); "
+        self.assertRegex(lurker.readline(), r"^-- welcome to twisted-chat \(twisted-chat [\d.]+, protocol 2\); "
                                             r"you are guest\d+$")
         join = watcher.expect_event("join", timeout=10)
         self.assertTrue(join["nick"].startswith("guest"))
@@ -84,15 +84,22 @@ class RegistrationTests(ServerTestCase):
 
 
 class RoomTests(ServerTestCase):
-    def test_join_leaves_previous_room(self):
+    def test_join_keeps_other_rooms_and_part_leaves_one(self):
         alice, bob = self.client("alice"), self.client("bob")
         alice.expect_event("join", nick="bob")
         bob.send("/join #dev")
-        part = alice.expect_event("part")
-        self.assertEqual((part["room"], part["nick"], part["reason"]), ("lobby", "bob", "left"))
-        self.assertEqual(bob.expect_event("part")["reason"], "left")  # its own part too
         bob.expect_event("join", room="dev", nick="bob")
         self.assertEqual(bob.expect_event("names")["nicks"], ["bob"])
+        # Still in lobby: alice's line reaches bob; bob's plain line goes to
+        # dev, his active room, and /say addresses lobby.
+        alice.send("to lobby")
+        self.assertEqual(bob.expect_event("message", room="lobby")["text"], "to lobby")
+        bob.send("/say lobby from bob", "/part lobby see you")
+        self.assertEqual(alice.expect_event("message", nick="bob")["text"], "from bob")
+        part = alice.expect_event("part")
+        self.assertEqual((part["room"], part["nick"], part["reason"]),
+                         ("lobby", "bob", "left: see you"))
+        self.assertEqual(bob.expect_event("part")["room"], "lobby")  # its own part too
         # Messages stay in their room.
         alice.send("lobby only")
         bob.send("dev only")
@@ -115,12 +122,13 @@ class RoomTests(ServerTestCase):
         bob.expect_event("names", room="dev")
         alice.send("/who")
         self.assertEqual(alice.expect_event("names"), {"type": "names", "room": "lobby",
-                                                       "nicks": ["alice"]})
+                                                       "nicks": ["alice", "bob"], "ops": [],
+                                                       "voiced": []})
         alice.send("/who #dev")
         self.assertEqual(alice.expect_event("names")["nicks"], ["bob"])
         alice.send("/rooms")
         self.assertEqual(alice.expect_event("rooms")["rooms"],
-                         [{"name": "dev", "members": 1}, {"name": "lobby", "members": 1}])
+                         [{"name": "dev", "members": 1}, {"name": "lobby", "members": 2}])
         alice.send("/join bad!room")
         self.assertEqual(alice.expect_event("error")["code"], "room-invalid")
 
@@ -151,9 +159,9 @@ class MessageTests(ServerTestCase):
     def test_text_mode_renderings(self):
         alice = self.client("alice", json=False)
         bob = self.client("bob", json=False)
-        alice.expect_text("bob joined lobby")
+        alice.expect_text("#lobby -- bob joined")
         bob.send("/me waves", "/msg alice psst", "/nick robert")
-        self.assertRegex(alice.expect_text("waves"), r"^\[\d\d:\d\d\] \* bob waves$")
+        self.assertRegex(alice.expect_text("waves"), r"^\[\d\d:\d\d\] #lobby \* bob waves$")
         self.assertRegex(alice.expect_text("psst"), r"^\[\d\d:\d\d\] \*bob\* psst$")
         self.assertRegex(alice.expect_text("robert"), r"-- bob is now known as robert$")
         alice.send("/nick robert")
@@ -168,14 +176,22 @@ class MessageTests(ServerTestCase):
         self.assertEqual(codes, ["bad-encoding", "line-too-long", "unknown-command", "usage"])
         self.assertEqual(bob.expect_event("message")["text"], "still here")
 
-    def test_quit_and_disconnect_parts(self):
+    def test_quit_and_disconnect_reach_each_neighbour_once(self):
         alice, bob, carol = self.client("alice"), self.client("bob"), self.client("carol")
+        for c in (alice, bob, carol):  # all three share two rooms
+            c.send("/join dev")
+            c.expect_event("names", room="dev")
         bob.send("/quit see you")
         self.assertEqual(bob.expect_event("bye")["type"], "bye")
         self.assertTrue(bob.closed())
-        self.assertEqual(alice.expect_event("part", nick="bob")["reason"], "quit: see you")
+        self.assertEqual(alice.expect_event("quit", nick="bob")["reason"], "quit: see you")
         carol.close()
-        self.assertEqual(alice.expect_event("part", nick="carol")["reason"], "disconnected")
+        self.assertEqual(alice.expect_event("quit", nick="carol")["reason"], "disconnected")
+        alice.send("/ping sync")
+        alice.expect_event("pong")
+        seen = [json.loads(line) for line in alice.seen if line.startswith("{")]
+        self.assertEqual([e["nick"] for e in seen if e["type"] in ("quit", "part")],
+                         ["bob", "carol"])
         alice.send("/ping abc")
         self.assertEqual(alice.expect_event("pong"), {"type": "pong", "token": "abc"})
         alice.send("/ping")

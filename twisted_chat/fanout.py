@@ -27,7 +27,15 @@ served event by event through ``deliver``.
 No transport here: the hub calls these, the protocol layer is the sink.
 """
 
+import heapq
+from itertools import count
+from operator import itemgetter
 from typing import Dict, List, Optional, Tuple
+
+# Every batched event gets the next number: a member in several rooms gets
+# their batches merged in this (the hub's) order.
+_seq = count()
+_SEQ = itemgetter(2)
 
 
 class Batch:
@@ -36,8 +44,8 @@ class Batch:
     __slots__ = ("events", "senders", "cursors")
 
     def __init__(self):
-        # (event, member that must not get it back or None)
-        self.events: List[Tuple[object, Optional[object]]] = []
+        # (event, member that must not get it back or None, sequence number)
+        self.events: List[Tuple[object, Optional[object], int]] = []
         self.senders = set()  # members excluded from some event (no echo)
         # member -> index of the first event it has not been given yet; only
         # for members joined mid-turn or caught up.
@@ -48,19 +56,19 @@ def _fast(member):
     return member.sink is not None and member.deliver is member.direct
 
 
-def _give(member, events, start, end):
-    """Give ``events[start:end]`` to one member, minus its own unechoed messages."""
+def _give(member, items, counts):
+    """Give batch ``items`` to one member, minus its own unechoed messages
+    (counted in ``counts``, the hub's twisted_chat.metrics.Counts)."""
     if _fast(member):
         mode = member.sink.mode
-        pieces = [e.encode(mode) for e, skip in events[start:end] if skip is not member]
+        pieces = [e.encode(mode) for e, skip, _ in items if skip is not member]
         if pieces:
             data = b"".join(pieces)
-            counts = member.room.hub.counts
             counts.deliveries += len(pieces)
             counts.bytes_out += len(data)
             member.sink.push(data)
     else:
-        for e, skip in events[start:end]:
+        for e, skip, _ in items:
             if skip is not member:
                 member.deliver(e)
 
@@ -74,11 +82,11 @@ def broadcast(room, event, sender=None) -> None:
         schedule = hub.schedule if hub is not None else None
         if schedule is None:
             # No turn to wait for (a bare Hub): deliver at once.
-            batch.events.append((event, _skip(batch, sender)))
+            batch.events.append((event, _skip(batch, sender), next(_seq)))
             flush(room)
             return
         schedule(room)
-    batch.events.append((event, _skip(batch, sender)))
+    batch.events.append((event, _skip(batch, sender), next(_seq)))
 
 
 def _skip(batch, sender):
@@ -96,19 +104,48 @@ def entering(room, member) -> None:
 
 
 def catch_up(member) -> None:
-    """Give ``member`` the events of its room's batch it is owed so far."""
-    room = member.room
-    if room is None:
-        return
-    batch = room.batch
-    if batch is None:
-        return
-    events = batch.events
-    end = len(events)
-    start = batch.cursors.get(member, 0)
-    batch.cursors[member] = end
-    if start < end:
-        _give(member, events, start, end)
+    """Give ``member`` the events of its rooms' batches it is owed so far,
+    in the hub's order across those rooms."""
+    owed = None
+    hub = None
+    for room in member.rooms:
+        batch = room.batch
+        if batch is None:
+            continue
+        events = batch.events
+        end = len(events)
+        start = batch.cursors.get(member, 0)
+        batch.cursors[member] = end
+        if start < end:
+            hub = room.hub
+            if owed is None:
+                owed = [events[start:end]]
+            else:
+                owed.append(events[start:end])
+    if owed is not None:
+        _give(member, owed[0] if len(owed) == 1 else list(heapq.merge(*owed, key=_SEQ)),
+              hub.counts)
+
+
+def flush_all(rooms) -> None:
+    """End of turn for every room with a batch. A member in several of them
+    first gets all it is owed, merged in order; the rooms' flushes then
+    serve everybody else their common share."""
+    if len(rooms) > 1:
+        seen, shared = set(), set()
+        for room in rooms:
+            if room.batch is None:
+                continue
+            for member in room.members:
+                if len(member.rooms) > 1:
+                    if member in seen:
+                        shared.add(member)
+                    else:
+                        seen.add(member)
+        for member in shared:
+            catch_up(member)
+    for room in rooms:
+        flush(room)
 
 
 def flush(room) -> None:
@@ -150,7 +187,7 @@ def flush(room) -> None:
     def blob(mode):
         data = blobs.get(mode)
         if data is None:
-            data = blobs[mode] = b"".join([e.encode(mode) for e, _ in events])
+            data = blobs[mode] = b"".join([e.encode(mode) for e, _, _ in events])
         return data
 
     # Pushing can drop a slow consumer, which leaves the room: the groups are
@@ -173,5 +210,7 @@ def flush(room) -> None:
         counts.deliveries += served * end
         counts.bytes_out += size
     for member in others:
-        if member.room is room:
-            _give(member, events, cursors.get(member, 0), end)
+        if room in member.rooms:
+            start = cursors.get(member, 0)
+            if start < end:
+                _give(member, events[start:end], room.hub.counts)

@@ -1,4 +1,8 @@
-"""The chat rules: members, nicks, rooms, and who receives which event.
+"""The chat rules: members, nicks, rooms, operators, and who receives which event.
+
+A member may be in several rooms (protocol v2); each room has a topic,
+flags, operators, voiced members, bans and invitations, and the lasting part
+of that (a :class:`~twisted_chat.history.RoomRecord`) is saved in the store.
 
 The hub knows no transport. A connection is represented by a :class:`Member`
 whose ``deliver`` callable takes an :class:`~twisted_chat.events.Event`; the
@@ -24,16 +28,15 @@ from zope.interface import implementer
 from . import __version__, fanout, presence
 from .commands import fold, valid_nick, valid_room
 from .errors import ChatError
-from .events import Event, error
+from .events import Event, error, rfc3339
 from .history import HISTORY_CAP, IHistoryStore, private_message, room_message
 from .metrics import Counts
+from .history.interface import RoomRecord, is_default
 
 log = Logger()
+PROTOCOL = 2  # the line protocol's version, named in the welcome
 DEFAULT_REPLAY = 50  # messages replayed to a joiner (twistd chat --history)
-
-# What a member that has not logged in may do on a server without guests:
-# nothing that shows it to anybody (mode and ping only shape its own output).
-GUEST_COMMANDS = frozenset({"login", "help", "quit", "mode", "ping"})
+DEFAULT_MAX_ROOMS = 50  # rooms per connection (twistd chat --max-rooms)
 
 _NOT_STORED = error("not-stored", "the server could not store your message, so nobody "
                     "received it; try again later")
@@ -42,14 +45,21 @@ _NOT_STORED = error("not-stored", "the server could not store your message, so n
 class Member:
     """One connection's identity in the hub."""
 
-    __slots__ = ("nick", "key", "room", "echo", "deliver", "account", "direct", "sink",
-                 "express", "express_via", "gone", "_live", "_held", "_replayed",
-                 "__weakref__")
+    __slots__ = ("nick", "key", "rooms", "active", "registered", "host", "echo", "deliver",
+                 "account", "direct", "sink", "express", "express_via", "gone", "_live",
+                 "_held", "_replayed", "__weakref__")
 
-    def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None):
+    def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None,
+                 host: Optional[str] = None):
         self.nick = nick
         self.key = fold(nick)
-        self.room: Optional[Room] = None  # None until registered
+        # The rooms it is in (a dict as an ordered set, join order) and the
+        # one its plain lines go to. Registered (announced, put in the
+        # default room once) is not the same as being in a room.
+        self.rooms: Dict[Room, None] = {}
+        self.active: Optional[Room] = None
+        self.registered = False
+        self.host = host  # its network address, for address bans (None: none)
         # In JSON mode a sender receives the authoritative copy of its own
         # messages (with id and ts); in text mode it does not.
         self.echo = False
@@ -74,19 +84,17 @@ class Member:
         self._held: Optional[deque] = None  # of Event and _Replay
         self._replayed: Optional[set] = None  # ids replayed while holding
 
-    @property
-    def registered(self) -> bool:
-        return self.room is not None
-
     def __repr__(self) -> str:
         return f"<Member {self.nick}>"
 
 
 class Room:
     __slots__ = ("name", "key", "members", "hub", "batch", "presence", "pending", "epoch",
-                 "_nicks")
+                 "_nicks", "topic", "topic_by", "topic_t", "topic_lock", "moderated",
+                 "invite_only", "password", "limit", "op_accounts", "op_guests", "ops",
+                 "voiced", "bans", "invited")
 
-    def __init__(self, name: str, hub=None):
+    def __init__(self, name: str, hub=None, record: Optional[RoomRecord] = None):
         self.name = name
         self.key = fold(name)
         self.hub = hub  # its ``schedule`` says when the turn's batch flushes
@@ -104,10 +112,33 @@ class Room:
         # is unchanged, and is filled with the old members when it changes.
         self.pending = 0
         self.epoch: list = [None]
+        record = record or RoomRecord(self.key, name)
+        # What lasts (saved in the store, see Hub._save).
+        self.topic, self.topic_by, self.topic_t = record.topic, record.topic_by, record.topic_t
+        self.topic_lock, self.moderated = record.topic_lock, record.moderated
+        self.invite_only, self.password, self.limit = (record.invite_only, record.password,
+                                                       record.limit)
+        self.op_accounts = set(record.ops)
+        self.bans = list(record.bans)  # (entry, nick, by, t)
+        # What lasts while the room has members.
+        self.op_guests = set()  # operators without an account
+        # The members present who are operators / voiced, in join order:
+        # names lists them for every joiner, so they are kept, not searched.
+        self.ops: Dict[Member, None] = {}
+        self.voiced: Dict[Member, None] = {}
+        self.invited = set()  # members invited and not yet joined
+
+    def is_op_account(self, account: Optional[str], hub) -> bool:
+        return account is not None and (account in self.op_accounts or account in hub.admins)
 
     def nicks(self) -> List[str]:
         """The members' nicks, in join order (a copy)."""
         return list(self._nicks)
+
+    def record(self) -> RoomRecord:
+        return RoomRecord(self.key, self.name, self.topic, self.topic_by, self.topic_t,
+                          self.topic_lock, self.moderated, self.invite_only, self.password,
+                          self.limit, tuple(sorted(self.op_accounts)), tuple(self.bans))
 
     def changing(self) -> None:
         """The membership is about to change: pin it for pending messages."""
@@ -146,6 +177,12 @@ class MemoryHistory:
 
     def before(self, room: str, before_id: int, limit: int):
         return succeed([])
+
+    def load_rooms(self):
+        return succeed({})
+
+    def save_room(self, record):
+        return succeed(None)
 
 
 class _Step:
@@ -238,18 +275,26 @@ class Hub:
         reserved: Optional[Callable[[str], bool]] = None,
         guests: bool = True,
         replay: int = DEFAULT_REPLAY,
+        admins=(),
+        max_rooms: int = DEFAULT_MAX_ROOMS,
     ):
         self.server_name = server_name
         self.motd = motd
         self.default_room = valid_room(default_room)
+        self.default_key = fold(self.default_room)
         self.clock = clock
         self.history = history if history is not None else MemoryHistory()
         self.replay = min(max(replay, 0), HISTORY_CAP)  # messages replayed on join
         self.members: Dict[str, Member] = {}  # folded nick -> member
         self.rooms: Dict[str, Room] = {}  # folded name -> room
+        # Rooms' lasting state as last saved (folded key -> RoomRecord),
+        # also for rooms nobody is in: a room that comes back gets it back.
+        self.saved: Dict[str, RoomRecord] = {}
+        self.admins = frozenset(fold(a) for a in admins)  # accounts: operators everywhere
+        self.max_rooms = max_rooms
         self._guests = 0
         # Accounts: reserved(folded nick) says whether the nick has an account;
-        # without guests, a member must log in before anything but GUEST_COMMANDS.
+        # without guests, a member must log in before it may be seen or heard.
         self.reserved = reserved or (lambda key: False)
         self.guests = guests
         # schedule(room): flush room's batch at the end of this turn (the
@@ -269,11 +314,31 @@ class Hub:
         self.counts = Counts()  # what the server did, for its metrics
         self._room(self.default_room)
 
+    def load_rooms(self):
+        """Read the rooms' lasting state from the store (once, at start)."""
+        def loaded(records):
+            self.saved.update(records)
+            for key, room in list(self.rooms.items()):
+                record = records.get(key)
+                if record is not None and not room.members:
+                    self.rooms[key] = Room(room.name, self, record)
+            return records
+
+        def failed(failure):
+            log.error("rooms: reading the saved rooms failed: {error}",
+                      error=failure.getErrorMessage())
+
+        load = getattr(self.history, "load_rooms", None)
+        if load is None:  # a store that keeps no rooms
+            return succeed({})
+        return load().addCallbacks(loaded, failed)
+
     # -- connections ---------------------------------------------------------
 
-    def connect(self, deliver: Callable[[Event], None], sink=None) -> Member:
+    def connect(self, deliver: Callable[[Event], None], sink=None,
+                host: Optional[str] = None) -> Member:
         """A new connection: reserve a guest nick; it is not in any room yet."""
-        member = Member(self._guest_nick(), deliver, sink)
+        member = Member(self._guest_nick(), deliver, sink, host)
         self.members[member.key] = member
         return member
 
@@ -282,29 +347,62 @@ class Hub:
             "nick": member.nick,
             "server": self.server_name,
             "version": __version__,
+            "protocol": PROTOCOL,
         }
         if self.motd:
             fields["motd"] = self.motd
         return Event("welcome", fields)
 
+    def may_appear(self, member: Member) -> bool:
+        """Whether ``member`` may be seen or heard by others: on a server
+        without guests, only once it has logged in."""
+        return self.guests or member.account is not None
+
+    def check_guest(self, member: Member) -> None:
+        """Raise login-required if ``member`` may not yet do anything others see."""
+        if not self.may_appear(member):
+            raise ChatError("login-required",
+                            "this server has no guests: /login NAME PASSWORD first")
+
     def register(self, member: Member) -> None:
-        """Join the default room, unless the member is in a room already
-        (or is a guest on a server without guests)."""
-        if member.room is None and (self.guests or member.account is not None):
-            self.join(member, self.default_room)
+        """Announce the member: it joins the default room, once (and not as
+        a guest on a server without guests)."""
+        if not member.registered and self.may_appear(member):
+            member.registered = True
+            if not member.rooms:
+                self._join(member, self._room(self.default_room), None)
 
     def disconnect(self, member: Member, reason: str = "disconnected") -> None:
-        if member.room is not None:
-            self._leave(member, reason)
+        """The connection is gone (``reason``: ``quit``, ``quit: TEXT`` or
+        ``disconnected``): everybody who shares a room with it hears once."""
+        if member.gone:
+            return
+        if member.rooms:
+            event = Event.timed("quit", self.clock(), nick=member.nick, ts=None,
+                                reason=reason)
+            told = []
+            for room in list(member.rooms):
+                if presence.batched(self, room):
+                    presence.left(self, room, member.nick)
+                else:
+                    told.append(room)
+            if told:
+                self._to_rooms(told, event)
+            else:
+                self.send(member, event)  # its own, as in any room
+            for room in list(member.rooms):
+                self._remove(member, room)
         if self.members.get(member.key) is member:
             del self.members[member.key]
         member.gone = True
+        for room in self.rooms.values():
+            room.invited.discard(member)
         if member._held is not None:
             # Pending replays are moot, and so is what was held for it.
             member.deliver = member._live
             member._held = member._live = member._replayed = None
 
-    # -- commands ------------------------------------------------------------
+    # -- nicks and accounts ----------------------------------------------------
 
     def set_nick(self, member: Member, name: str) -> None:
         nick = valid_nick(name)
@@ -320,17 +418,14 @@ class Hub:
             return
         self._rename(member, nick)
 
-    def check_guest(self, member: Member, command: str) -> None:
-        """Raise login-required if a guest may not run ``command`` here."""
-        if not self.guests and member.account is None and command not in GUEST_COMMANDS:
-            raise ChatError("login-required",
-                            "this server has no guests: /login NAME PASSWORD first")
-
     def login(self, member: Member, nick: str) -> None:
         """``member`` proved it owns the account ``nick``: it takes that nick,
         and whoever else holds it becomes a guest."""
         key = fold(nick)
         member.account = key
+        for room in member.rooms:  # an operator by account, or an admin, now
+            if room.is_op_account(key, self) and member not in room.ops:
+                room.ops[member] = None
         holder = self.members.get(key)
         if holder is not None and holder is not member:
             self._rename(holder, self._guest_nick())
@@ -348,60 +443,122 @@ class Hub:
         member.nick, member.key = nick, key
         self.members[key] = member
         event = Event.timed("nick", self.clock(), old=old, new=nick)
-        if member.room is not None:
-            nicks = member.room._nicks
-            nicks[nicks.index(old)] = nick
-            presence.before(self, member.room, old)
-            self._broadcast(member.room, event)
+        if member.rooms:
+            for room in member.rooms:
+                nicks = room._nicks
+                nicks[nicks.index(old)] = nick
+                presence.before(self, room, old)
+            self._to_rooms(list(member.rooms), event)
         else:
             self.send(member, event)
             self.register(member)
 
-    def join(self, member: Member, name: str) -> None:
-        room = self._room(valid_room(name))
-        if member.room is room:
-            self.send(member, Event("names", {"room": room.name, "nicks": room.nicks()}))
+    # -- rooms -------------------------------------------------------------------
+
+    def join(self, member: Member, name: str, key: Optional[str] = None) -> None:
+        self.check_guest(member)
+        name = valid_room(name)
+        room = self.rooms.get(fold(name))
+        if room is not None and room in member.rooms:
+            member.active = room  # already in: it becomes the active room
+            self.send(member, self._names(room))
+            if room.topic:
+                self.send(member, self._topic_event(room))
             return
-        if member.room is not None:
-            self._leave(member, "left")
+        if len(member.rooms) >= self.max_rooms:
+            raise ChatError("too-many-rooms", f"you are in {len(member.rooms)} rooms, the "
+                            "most allowed; /part one first")
+        if room is None:
+            room = self._room(name)
+        try:
+            self._admit(member, room, key)
+        except ChatError:
+            if not room.members and room.key != self.default_key:
+                del self.rooms[room.key]  # it was made for this attempt only
+            raise
+        member.registered = True
+        self._join(member, room, key)
+
+    def _admit(self, member: Member, room: Room, key: Optional[str]) -> None:
+        """Raise the ChatError that keeps ``member`` out of ``room``, if any."""
+        if self.is_admin(member) or room.is_op_account(member.account, self):
+            return
+        if self._banned(member, room) is not None:
+            raise ChatError("banned", f"you are banned from {room.name}")
+        invited = member in room.invited
+        if room.invite_only and not invited:
+            raise ChatError("invite-only", f"{room.name} is invite-only: an operator can "
+                            f"/invite you")
+        if room.limit is not None and len(room.members) >= room.limit:
+            raise ChatError("room-full", f"{room.name} is full ({room.limit} members)")
+        if room.password is not None and key != room.password and not invited:
+            raise ChatError("bad-key", f"{room.name} needs its key: /join {room.name} KEY")
+
+    def _join(self, member: Member, room: Room, key: Optional[str]) -> None:
+        first = not room.members
+        if first and room.key != self.default_key and not room.op_accounts:
+            # The first to come to a room nobody runs runs it.
+            if member.account is not None:
+                room.op_accounts.add(member.account)
+                self._save(room)
+            else:
+                room.op_guests.add(member)
+        room.invited.discard(member)
         batched = presence.batched(self, room)
         room.changing()
         fanout.entering(room, member)
         room.members[member] = None
         room._nicks.append(member.nick)
-        member.room = room
+        if self.is_op(member, room):
+            room.ops[member] = None
+        member.rooms[room] = None
+        member.active = room
         event = Event.timed("join", self.clock(), room=room.name, nick=member.nick)
         if batched:
             self.send(member, event)  # its own join now; the room's in a presence batch
             presence.joined(self, room, member.nick)
         else:
             self._broadcast(room, event)
-        self.send(member, Event("names", {"room": room.name, "nicks": room.nicks()}))
+        self.send(member, self._names(room))
+        if room.topic:
+            self.send(member, self._topic_event(room))
         if self.replay:
             # Fetched only once every message accepted before this join is
             # stored: the replay then holds all of them, and every later one
             # reaches the joiner live.
             self.in_order(lambda: self._replay(member, room, True, self.replay))
 
-    def history_page(self, member: Member, limit: Optional[int] = None,
-                     before: Optional[int] = None) -> None:
-        """``/history [N]`` and ``/history before ID [N]`` for the member's room
-        (the default room if it has none yet; asking does not register)."""
-        room = member.room or self.rooms[fold(self.default_room)]
-        limit = min(limit or self.replay or DEFAULT_REPLAY, HISTORY_CAP)
-        self.in_order(lambda: self._replay(member, room, False, limit, before))
+    def part(self, member: Member, name: Optional[str] = None,
+             reason: Optional[str] = None) -> None:
+        room = self._my_room(member, name)
+        self._leave(member, room, f"left: {reason}" if reason else "left")
 
-    def say(self, member: Member, text: str, action: bool = False) -> None:
+    def say(self, member: Member, text: str, room: Optional[str] = None,
+            action: bool = False) -> None:
+        self.check_guest(member)
         self.register(member)
-        room, t = member.room, self.clock()
+        target = self._my_room(member, room)
+        self._may_speak(member, target)
+        t = self.clock()
         # The room as it is now receives it, whenever the store is done.
-        said = _Said(self, member, room, text, t, action)
-        room.pending += 1
+        said = _Said(self, member, target, text, t, action)
+        target.pending += 1
         self._queue.append(said)
-        self.history.append(room_message(room.key, room.name, said.nick, text, t, action),
+        self.history.append(room_message(target.key, target.name, said.nick, text, t, action),
                             said.stored, said.not_stored)
 
+    def _may_speak(self, member: Member, room: Room) -> None:
+        if room.moderated or room.bans:
+            if self.is_op(member, room) or member in room.voiced:
+                return
+            if self._banned(member, room) is not None:
+                raise ChatError("banned", f"you are banned from {room.name}")
+            if room.moderated:
+                raise ChatError("moderated", f"{room.name} is moderated: only operators and "
+                                "voiced members speak")
+
     def private(self, member: Member, target: str, text: str) -> None:
+        self.check_guest(member)
         self.register(member)
         recipient = self.members.get(fold(target))
         if recipient is None:
@@ -426,16 +583,16 @@ class Hub:
 
     def who(self, member: Member, name: Optional[str] = None) -> None:
         if name is None:
-            room = member.room or self.rooms[fold(self.default_room)]
-            room_name, nicks = room.name, room.nicks()
+            room = member.active or self.rooms[self.default_key]
+            self.send(member, self._names(room))
+            return
+        room_name = valid_room(name)
+        room = self.rooms.get(fold(room_name))
+        if room is not None:
+            self.send(member, self._names(room))
         else:
-            room_name = valid_room(name)
-            room = self.rooms.get(fold(room_name))
-            if room is not None:
-                room_name, nicks = room.name, room.nicks()
-            else:
-                nicks = []
-        self.send(member, Event("names", {"room": room_name, "nicks": nicks}))
+            self.send(member, Event("names", {"room": room_name, "nicks": [], "ops": [],
+                                              "voiced": []}))
 
     def list_rooms(self, member: Member) -> None:
         rooms = [
@@ -443,6 +600,232 @@ class Hub:
             for room in sorted(self.rooms.values(), key=lambda r: r.key)
         ]
         self.send(member, Event("rooms", {"rooms": rooms}))
+
+    # -- topics and moderation -------------------------------------------------
+
+    def topic(self, member: Member, name: str, text: Optional[str] = None) -> None:
+        """``text`` None asks for the topic; "" clears it."""
+        room = self._existing(name)
+        if text is None:
+            self.send(member, self._topic_event(room))
+            return
+        self.check_guest(member)
+        if room not in member.rooms:
+            raise ChatError("not-in-room", f"you are not in {room.name}")
+        if room.topic_lock and not self.is_op(member, room):
+            raise ChatError("not-operator", f"only operators of {room.name} set its topic")
+        room.topic, room.topic_by, room.topic_t = text, member.nick, self.clock()
+        self._save(room)
+        self._broadcast(room, self._topic_event(room))
+
+    def op(self, member: Member, name: str, nick: str, on: bool = True) -> None:
+        room, target = self._operate(member, name, nick)
+        if on:
+            if target.account is not None:
+                room.op_accounts.add(target.account)
+                self._save(room)
+            else:
+                room.op_guests.add(target)
+            room.ops[target] = None
+        else:
+            room.op_guests.discard(target)
+            if target.account in room.op_accounts:
+                room.op_accounts.discard(target.account)
+                self._save(room)
+            if not self.is_op(target, room):  # an admin stays one
+                room.ops.pop(target, None)
+        self._mode(member, room, "op", on, nick=target.nick)
+
+    def deop(self, member: Member, name: str, nick: str) -> None:
+        self.op(member, name, nick, on=False)
+
+    def voice(self, member: Member, name: str, nick: str, on: bool = True) -> None:
+        room, target = self._operate(member, name, nick)
+        if on:
+            room.voiced[target] = None
+        else:
+            room.voiced.pop(target, None)
+        self._mode(member, room, "voice", on, nick=target.nick)
+
+    def devoice(self, member: Member, name: str, nick: str) -> None:
+        self.voice(member, name, nick, on=False)
+
+    def kick(self, member: Member, name: str, nick: str, reason: Optional[str] = None) -> None:
+        room, target = self._operate(member, name, nick)
+        fields = {"room": room.name, "nick": target.nick, "by": member.nick,
+                  "reason": reason or ""}
+        self._broadcast(room, Event.timed("kick", self.clock(), ts=None, **fields))
+        if presence.batched(self, room):
+            presence.left(self, room, target.nick)
+        self._remove(target, room)
+
+    def ban(self, member: Member, name: str, nick: Optional[str] = None) -> None:
+        """Ban ``nick`` (by account if logged in, else by address); without
+        ``nick``, list the bans."""
+        room = self._existing(name)
+        self._require_op(member, room)
+        if nick is None:
+            bans = [{"entry": e, "nick": n, "by": b, "ts": rfc3339(t)}
+                    for e, n, b, t in room.bans]
+            self.send(member, Event("bans", {"room": room.name, "bans": bans}))
+            return
+        target = self.members.get(fold(nick))
+        if target is None:
+            raise ChatError("no-such-nick", f"nobody is called {nick}")
+        if target.account is not None:
+            entry = f"account:{target.account}"
+        elif target.host is not None:
+            entry = f"address:{target.host}"
+        else:
+            raise ChatError("usage", f"{target.nick} has neither an account nor an address "
+                            "to ban")
+        if not any(b[0] == entry for b in room.bans):
+            room.bans.append((entry, target.nick, member.nick, self.clock()))
+            self._save(room)
+        self._mode(member, room, "ban", True, nick=target.nick)
+
+    def unban(self, member: Member, name: str, entry: str) -> None:
+        room = self._existing(name)
+        self._require_op(member, room)
+        for i, ban in enumerate(room.bans):
+            if ban[0] == entry:
+                del room.bans[i]
+                self._save(room)
+                self._mode(member, room, "ban", False, nick=ban[1])
+                return
+        raise ChatError("no-such-ban", f"{room.name} has no ban {entry}; /ban {room.name} "
+                        "lists them")
+
+    def invite(self, member: Member, nick: str, name: str) -> None:
+        room = self._existing(name)
+        self.check_guest(member)
+        if room not in member.rooms:
+            raise ChatError("not-in-room", f"you are not in {room.name}")
+        if room.invite_only:
+            self._require_op(member, room)
+        target = self.members.get(fold(nick))
+        if target is None:
+            raise ChatError("no-such-nick", f"nobody is called {nick}")
+        if room in target.rooms:
+            raise ChatError("usage", f"{target.nick} is already in {room.name}")
+        room.invited.add(target)
+        self.send(target, Event.timed("invite", self.clock(), room=room.name, by=member.nick))
+        self.send(member, Event("info", {"message": f"invited {target.nick} to {room.name}"}))
+
+    def set_flag(self, member: Member, name: str, flag: str, value) -> None:
+        room = self._existing(name)
+        self._require_op(member, room)
+        attr = {"topic-lock": "topic_lock", "moderated": "moderated",
+                "invite-only": "invite_only", "key": "password", "limit": "limit"}[flag]
+        setattr(room, attr, value)
+        self._save(room)
+        fields = {}
+        if flag == "limit" and value is not None:
+            fields["value"] = value
+        self._mode(member, room, flag, value is not None and value is not False, **fields)
+
+    def flags(self, member: Member, name: str) -> None:
+        room = self._existing(name)
+        op = self.is_op(member, room)
+        self.send(member, Event("flags", {
+            "room": room.name, "topic-lock": room.topic_lock, "moderated": room.moderated,
+            "invite-only": room.invite_only,
+            "key": room.password if op else room.password is not None,
+            "limit": room.limit}))
+
+    # -- who may do what -------------------------------------------------------
+
+    def is_admin(self, member: Member) -> bool:
+        return member.account is not None and member.account in self.admins
+
+    def is_op(self, member: Member, room: Room) -> bool:
+        return (member in room.ops or member in room.op_guests
+                or room.is_op_account(member.account, self))
+
+    def _require_op(self, member: Member, room: Room) -> None:
+        if not self.is_op(member, room):
+            raise ChatError("not-operator", f"you are not an operator of {room.name}")
+
+    def _operate(self, member: Member, name: str, nick: str):
+        """The room and the target member of an operator's command."""
+        room = self._existing(name)
+        self._require_op(member, room)
+        target = self.members.get(fold(nick))
+        if target is None:
+            raise ChatError("no-such-nick", f"nobody is called {nick}")
+        if room not in target.rooms:
+            raise ChatError("not-in-room", f"{target.nick} is not in {room.name}")
+        return room, target
+
+    def _banned(self, member: Member, room: Room):
+        for ban in room.bans:
+            entry = ban[0]
+            if entry.startswith("account:"):
+                if member.account is not None and entry[8:] == member.account:
+                    return ban
+            elif member.host is not None and entry == f"address:{member.host}":
+                return ban
+        return None
+
+    def _existing(self, name: str) -> Room:
+        name = valid_room(name)
+        room = self.rooms.get(fold(name))
+        if room is None:
+            raise ChatError("no-such-room", f"there is no room {name}")
+        return room
+
+    def _my_room(self, member: Member, name: Optional[str]) -> Room:
+        """The room ``name`` (or the active one) if the member is in it."""
+        if name is None:
+            if member.active is None:
+                raise ChatError("not-in-room", "you are in no room: /join ROOM first")
+            return member.active
+        room = self._existing(name)
+        if room not in member.rooms:
+            raise ChatError("not-in-room", f"you are not in {room.name}")
+        return room
+
+    def _mode(self, member: Member, room: Room, mode: str, on: bool, **fields) -> None:
+        self._broadcast(room, Event.timed("mode", self.clock(), room=room.name, by=member.nick,
+                                          ts=None, mode=mode, on=on, **fields))
+
+    def _names(self, room: Room) -> Event:
+        return Event("names", {"room": room.name, "nicks": room.nicks(),
+                               "ops": [m.nick for m in room.ops],
+                               "voiced": [m.nick for m in room.voiced]})
+
+    def _topic_event(self, room: Room) -> Event:
+        return Event.timed("topic", room.topic_t or self.clock(), room=room.name,
+                           topic=room.topic, by=room.topic_by or "", ts=None)
+
+    def _save(self, room: Room) -> None:
+        record = room.record()
+        if is_default(record):
+            self.saved.pop(room.key, None)
+        else:
+            self.saved[room.key] = record
+
+        def failed(failure):
+            log.error("rooms: saving {room} failed: {error}", room=room.key,
+                      error=failure.getErrorMessage())
+
+        save = getattr(self.history, "save_room", None)
+        if save is not None:
+            save(record).addErrback(failed)
+
+    # -- history ---------------------------------------------------------------
+
+    def history_page(self, member: Member, room: Optional[str] = None,
+                     limit: Optional[int] = None, before: Optional[int] = None) -> None:
+        """``/history [ROOM [N]]`` and ``/history ROOM before ID [N]`` (without
+        ROOM: the active room, or the default room before it has one; asking
+        does not register)."""
+        if room is None:
+            target = member.active or self.rooms[self.default_key]
+        else:
+            target = self._my_room(member, room)
+        limit = min(limit or self.replay or DEFAULT_REPLAY, HISTORY_CAP)
+        self.in_order(lambda: self._replay(member, target, False, limit, before))
 
     # -- output order ----------------------------------------------------------
 
@@ -602,11 +985,40 @@ class Hub:
         key = fold(name)
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = Room(name, self)
+            room = self.rooms[key] = Room(name, self, self.saved.get(key))
         return room
 
-    def _leave(self, member: Member, reason: str) -> None:
-        room = member.room
+    def _to_rooms(self, rooms: List[Room], event: Event, exclude: Optional[Member] = None):
+        """``event`` (a nick change, a quit) to everybody in ``rooms``, once
+        each, however many of those rooms they share (``exclude`` gets none)."""
+        if not rooms:
+            return
+        if self._queue or exclude is not None or len(rooms) > 1:
+            seen = set()
+            recipients = []
+            for room in rooms:
+                for m in room.members:
+                    if m not in seen and m is not exclude:
+                        seen.add(m)
+                        recipients.append(m)
+            self._deliver_all(recipients, event)
+        else:
+            rooms[0].broadcast(event)  # one room: its coalesced fan-out
+
+    def _deliver_all(self, recipients: List[Member], event: Event) -> None:
+        if self._queue:
+            def send():
+                for m in recipients:
+                    if not m.gone:
+                        m.deliver(event)
+
+            self._queue.append(_Step(send))
+        else:
+            for m in recipients:
+                m.deliver(event)
+
+    def _leave(self, member: Member, room: Room, reason: str) -> None:
+        """``member`` leaves ``room`` of its own accord: a ``part``."""
         event = Event.timed("part", self.clock(), room=room.name, nick=member.nick,
                             ts=None, reason=reason)
         if presence.batched(self, room):
@@ -614,19 +1026,34 @@ class Hub:
             presence.left(self, room, member.nick)
         else:
             self._broadcast(room, event)  # the leaver included
-        fanout.catch_up(member)  # what it is owed, up to its own part
+        self._remove(member, room)
+
+    def _remove(self, member: Member, room: Room) -> None:
+        """Take ``member`` out of ``room`` (the events saying so are out)."""
+        fanout.catch_up(member)  # what it is owed, up to its leaving
         room.changing()
         del room.members[member]
         room._nicks.remove(member.nick)
-        member.room = None
-        if not room.members and room.key != fold(self.default_room):
-            del self.rooms[room.key]
+        room.ops.pop(member, None)
+        room.voiced.pop(member, None)
+        del member.rooms[room]
+        if member.active is room:
+            member.active = next(reversed(member.rooms), None)
+        if not room.members:
+            # Guests' operator status and invitations last while the room
+            # has members; what is saved stays in self.saved.
+            room.op_guests.clear()
+            room.invited.clear()
+            if room.key != self.default_key:
+                del self.rooms[room.key]
+                if room.presence is not None and room.presence.call is not None \
+                        and room.presence.call.active():
+                    room.presence.call.cancel()
+                room.presence = None
 
 
 def _catch_up(member: Member) -> None:
-    room = member.room
-    if room is not None and room.batch is not None:
-        fanout.catch_up(member)
+    fanout.catch_up(member)
 
 
 def _history_event(room: Room, row) -> Event:

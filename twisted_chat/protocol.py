@@ -73,7 +73,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         _tune_socket(self.transport)
         outlet.open(factory.max_backlog)
         self.bucket = limits.TokenBucket(factory.rate, factory.burst, factory.clock)
-        self.member = outlet.member = factory.hub.connect(outlet.deliver, sink=outlet)
+        self.member = outlet.member = factory.hub.connect(outlet.deliver, sink=outlet,
+                                                           host=self.host)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
         self.deliver(factory.hub.welcome(self.member))
         if not factory.hub.guests:
@@ -219,37 +220,27 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _dispatch(self, command):
         hub, member, name = self.factory.hub, self.member, command.name
-        hub.check_guest(member, name)
-        if name == "say":
-            hub.say(member, command.text)
-        elif name == "me":
-            hub.say(member, command.text, action=True)
-        elif name == "nick":
-            hub.set_nick(member, command.arg)
-        elif name == "join":
-            hub.join(member, command.arg)
-        elif name == "msg":
-            hub.private(member, command.arg, command.text)
-        elif name == "who":
-            hub.who(member, command.arg)
-        elif name == "history":
-            hub.history_page(member, command.count, command.before)
-        elif name == "rooms":
-            hub.list_rooms(member)
+        if name not in _LOCAL:
+            # On a server without guests, a connection that has not logged in
+            # may only shape its own session until it does.
+            hub.check_guest(member)
+        handler = _HUB_COMMANDS.get(name)
+        if handler is not None:
+            handler(hub, member, command)
         elif name == "mode":
             self.mode = command.arg
             member.echo = self.mode == JSON
             if self.mode == JSON:
-                self.deliver(hub.welcome(member))
+                self._reply(hub.welcome(member))
             else:
-                self.deliver(events.info("mode text"))
+                self._reply(events.info("mode text"))
         elif name == "ping":
             # In order: a pong follows the echoes of messages sent before it
-            # and any history replay asked for before it.
+            # and any history replay asked for before it, in every room.
             hub.send(member, Event("pong", {"token": command.text}))
         elif name == "help":
             for line in HELP:
-                self.deliver(events.info(line))
+                self._reply(events.info(line))
         elif name == "login":
             self._login(command.arg, command.text)
         elif name == "quit":
@@ -296,7 +287,45 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.outlet.close(bye)
 
     def _reply_error(self, code, message):
-        self.deliver(events.error(code, message))
+        self._reply(events.error(code, message))
+
+    def _reply(self, event):
+        """An answer to this connection, in its stream's order: behind the
+        events of what it did before (a part, a replay still being read)."""
+        if self.member is not None:
+            self.factory.hub.send(self.member, event)
+        else:
+            self.deliver(event)
+
+
+# Commands that shape only the connection's own session: allowed before a
+# login on a server without guests.
+_LOCAL = frozenset({"login", "help", "quit", "mode", "ping"})
+
+# The commands that are one hub call: name -> f(hub, member, command).
+_HUB_COMMANDS = {
+    "say": lambda hub, m, c: hub.say(m, c.text, room=c.room),
+    "me": lambda hub, m, c: hub.say(m, c.text, action=True),
+    "describe": lambda hub, m, c: hub.say(m, c.text, room=c.room, action=True),
+    "nick": lambda hub, m, c: hub.set_nick(m, c.arg),
+    "join": lambda hub, m, c: hub.join(m, c.arg, c.text),
+    "part": lambda hub, m, c: hub.part(m, c.room, c.text),
+    "msg": lambda hub, m, c: hub.private(m, c.arg, c.text),
+    "who": lambda hub, m, c: hub.who(m, c.arg),
+    "history": lambda hub, m, c: hub.history_page(m, c.room, c.count, c.before),
+    "rooms": lambda hub, m, c: hub.list_rooms(m),
+    "topic": lambda hub, m, c: hub.topic(m, c.room, c.text),
+    "op": lambda hub, m, c: hub.op(m, c.room, c.arg),
+    "deop": lambda hub, m, c: hub.deop(m, c.room, c.arg),
+    "voice": lambda hub, m, c: hub.voice(m, c.room, c.arg),
+    "devoice": lambda hub, m, c: hub.devoice(m, c.room, c.arg),
+    "kick": lambda hub, m, c: hub.kick(m, c.room, c.arg, c.text),
+    "ban": lambda hub, m, c: hub.ban(m, c.room, c.arg),
+    "unban": lambda hub, m, c: hub.unban(m, c.room, c.arg),
+    "invite": lambda hub, m, c: hub.invite(m, c.arg, c.room),
+    "set": lambda hub, m, c: (hub.flags(m, c.room) if c.arg is None
+                              else hub.set_flag(m, c.room, c.arg, c.value)),
+}
 
 
 def _is_quit(line: bytes) -> bool:

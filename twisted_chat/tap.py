@@ -13,14 +13,14 @@ from twisted.python import usage
 
 from . import limits, presence
 from .auth import Accounts
-from .commands import valid_room
+from .commands import valid_nick, valid_room
 from .delivery.turn import Turn, TurnService
 from .errors import ChatError
 from .history import HISTORY_CAP, HistoryError
 from .history import lock as history_lock
 from .history import schema as history_schema
 from .history.sqlite import SQLiteHistory
-from .hub import DEFAULT_REPLAY, Hub
+from .hub import DEFAULT_MAX_ROOMS, DEFAULT_REPLAY, Hub
 from .protocol import DEFAULT_MAX_LINE, ChatFactory
 
 DEFAULT_PORT = "tcp:5000"
@@ -103,11 +103,21 @@ class Options(AuthOptionMixin, usage.Options):
          "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
          "endpoint (e.g. tcp:9100:interface=127.0.0.1; a bare number means tcp:NUMBER, "
          "all interfaces). Default: none."],
+        # Rooms (docs/protocol.rst, "Several rooms", "Operators").
+        ["max-rooms", None, DEFAULT_MAX_ROOMS, "Rooms one connection may be in at once.", int],
     ]
 
     def __init__(self):
         super().__init__()
         self["ports"] = []
+        self["admins"] = []
+
+    def opt_admin(self, value):
+        """An account that operates every room (repeatable; needs --auth)."""
+        try:
+            self["admins"].append(valid_nick(value))
+        except ChatError as e:
+            raise usage.UsageError(f"bad --admin {value!r}: {e.message}")
 
     def opt_port(self, value):
         """Listen on this endpoint (repeatable): tcp:5000, tcp:5000:interface=127.0.0.1, unix:/tmp/chat.sock, or a bare port number. Default: tcp:5000 (all interfaces)."""  # noqa: E501
@@ -133,6 +143,10 @@ class Options(AuthOptionMixin, usage.Options):
             raise usage.UsageError("--presence-interval must be in (0, 60] seconds")
         if self["listen-backlog"] < 1:
             raise usage.UsageError("--listen-backlog must be at least 1")
+        if self["max-rooms"] < 1:
+            raise usage.UsageError("--max-rooms must be at least 1")
+        if self["admins"] and not self.get("credCheckers"):
+            raise usage.UsageError("--admin names accounts: give --auth too")
         for description in self["ports"]:
             try:
                 endpoints.append(serverFromString(
@@ -218,6 +232,8 @@ def makeService(options) -> service.IService:
         guests=options["guests"],
         history=store,
         replay=options["history"],
+        admins=options["admins"],
+        max_rooms=options["max-rooms"],
     )
     hub.presence_threshold = options["presence-threshold"]
     hub.presence_interval = options["presence-interval"]
@@ -341,6 +357,7 @@ class _HistoryChatService(TurnService):
         from twisted.internet import reactor
 
         self.store.startService()
+        self.turn.hub.load_rooms()  # topics, flags, operators and bans kept
         super().startService()
         reactor.callWhenRunning(tune_gc)
 

@@ -35,7 +35,7 @@
 #include <unistd.h>
 
 #define JOIN "/join lobby\r\n"
-#define NAMES_MARK "-- in lobby:"
+#define NAMES_MARK "-- in #lobby:"
 #define STAMP_DIGITS 16
 #define TAIL 256
 #define RECV (1 << 18)

@@ -25,9 +25,9 @@ import time
 from .servers import raise_fd_limit
 
 # Registration: our server registers a connection on /join and answers with
-# the room's names line ("-- in lobby: ..."); the bare server needs nothing.
+# the room's names line ("-- in #lobby: ..."); the bare server needs nothing.
 JOIN = b"/join lobby\r\n"
-NAMES_MARK = b"-- in lobby:"
+NAMES_MARK = b"-- in #lobby:"
 STAMP = b" T"
 STAMP_DIGITS = 16
 

@@ -60,9 +60,9 @@ class _Reader(threading.Thread):
             now = time.monotonic()
             for line in lines:
                 self.lines += 1
-                if b"-- in lobby" in line:
+                if b"-- in #lobby" in line:
                     self.ready.set()
-                if line.endswith(b" joined lobby"):
+                if line.endswith(b" joined") and b"#lobby -- " in line:
                     self.joined.add(line.split(b" -- ", 1)[1].split(b" ")[0].decode())
                 i = line.find(b"> #")
                 if i >= 0:

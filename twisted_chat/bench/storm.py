@@ -101,7 +101,7 @@ def _worker(port, first, count, room_size, timeout, go, result, shutdown):
                 pending -= 1
                 sel.unregister(s)
                 continue
-            if not st["names"] and b"-- in " + st["room"] + b":" in st["buf"]:
+            if not st["names"] and b"-- in #" + st["room"] + b":" in st["buf"]:
                 st["names"] = True
                 registered += 1
                 pending -= 1

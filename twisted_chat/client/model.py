@@ -297,6 +297,17 @@ class ConversationModel:
             self._emit(MEMBERS_CHANGED, list(self.members))
         self.system(f"{nick} left {room}{why}", ts)
 
+    def _on_quit(self, ev):
+        # Protocol v2: a quit is said once, not per room.
+        nick, ts = _str(ev.get("nick")), ev.get("ts")
+        reason = _str(ev.get("reason"))
+        if self.is_me(nick):
+            return
+        if nick in self.members:
+            self.members.remove(nick)
+            self._emit(MEMBERS_CHANGED, list(self.members))
+        self.system(f"{nick} quit ({reason})" if reason else f"{nick} quit", ts)
+
     def _on_nick(self, ev):
         old, new, ts = _str(ev.get("old")), _str(ev.get("new")), ev.get("ts")
         if not new:

@@ -129,8 +129,7 @@ class Turn:
         # Rooms first: a member's share lands behind its direct events of
         # the turn (push appends to a pending queue) or goes out at once.
         rooms, self._rooms = self._rooms, []
-        for room in rooms:
-            fanout.flush(room)
+        fanout.flush_all(rooms)
         dirty, self._dirty = self._dirty, []
         for outlet in dirty:
             outlet.flush()
