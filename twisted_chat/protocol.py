@@ -231,16 +231,16 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.mode = command.arg
             member.echo = self.mode == JSON
             if self.mode == JSON:
-                self._reply(hub.welcome(member))
+                self.deliver(hub.welcome(member))
             else:
-                self._reply(events.info("mode text"))
+                self.deliver(events.info("mode text"))
         elif name == "ping":
             # In order: a pong follows the echoes of messages sent before it
             # and any history replay asked for before it, in every room.
             hub.send(member, Event("pong", {"token": command.text}))
         elif name == "help":
             for line in HELP:
-                self._reply(events.info(line))
+                self.deliver(events.info(line))
         elif name == "login":
             self._login(command.arg, command.text)
         elif name == "quit":
