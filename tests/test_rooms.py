@@ -2,7 +2,10 @@
 operators and moderation, against a real ``twistd chat`` process."""
 
 import json
+import subprocess
 
+from .support import ChatServer, twistd_command
+from .test_accounts import AccountServerTestCase
 from .test_server import ServerTestCase
 
 
@@ -188,3 +191,74 @@ class TopicAndModerationTests(ServerTestCase):
                                                             "no-such-room"])
         alice.send("/ping ok")
         alice.expect_event("pong")
+
+
+class KeptAcrossRestartsTests(AccountServerTestCase):
+    """Accounts (alice, bob; carol is an admin) and a database file that
+    outlives the server: a room's lasting state comes back after a restart."""
+
+    accounts = {"alice": "alice's pass phrase", "bob": "hunter2-bob", "carol": "carol-admin",
+                "dave": "dave-pass"}
+    extra_args = ("--guests", "yes", "--admin", "carol", "--db", "chat.sqlite")
+
+    def restart(self):
+        self.server.stop()
+        self.server = ChatServer(*self.server_args(), directory=self.dir).start()
+        self.addCleanup(self.server.stop)
+
+    def logged_in(self, name):
+        c = self.client()
+        self.login(c, name, self.accounts[name])
+        c.expect_event("nick", new=name)
+        return c
+
+    def test_topic_flags_bans_and_account_operators_survive_a_restart(self):
+        alice, dave = self.logged_in("alice"), self.logged_in("dave")
+        alice.send("/join dev")
+        self.assertEqual(alice.expect_event("names", room="dev")["ops"], ["alice"])
+        dave.send("/join dev")
+        dave.expect_event("names", room="dev")
+        alice.send("/topic dev kept topic", "/set dev moderated on", "/set dev key k1",
+                   "/ban dev dave", "/kick dev dave")
+        dave.expect_event("kick", nick="dave")
+        alice.send("/ping saved")
+        alice.expect_event("pong")
+        self.restart()
+        # An account operator is one again; the topic, flags and ban are back.
+        bob = self.logged_in("bob")
+        bob.send("/join dev", "/join dev k1")
+        self.assertEqual(bob.expect_event("error")["code"], "bad-key")
+        names = bob.expect_event("names", room="dev")
+        self.assertEqual(names["ops"], [])  # not the first: dev has a saved operator
+        topic = bob.expect_event("topic", room="dev")
+        self.assertEqual((topic["topic"], topic["by"]), ("kept topic", "alice"))
+        bob.send("/say dev hello?", "/set dev")
+        self.assertEqual(bob.expect_event("error")["code"], "moderated")
+        flags = bob.expect_event("flags")
+        self.assertEqual((flags["moderated"], flags["key"]), (True, True))
+        alice = self.logged_in("alice")
+        alice.send("/join dev k1")
+        self.assertEqual(alice.expect_event("names", room="dev")["ops"], ["alice"])
+        alice.send("/ban dev")
+        [ban] = alice.expect_event("bans")["bans"]
+        self.assertEqual((ban["entry"], ban["nick"], ban["by"]), ("account:dave", "dave", "alice"))
+        dave = self.logged_in("dave")
+        dave.send("/join dev k1")
+        self.assertEqual(dave.expect_event("error")["code"], "banned")
+        # The admin operates every room, the default one included.
+        carol = self.logged_in("carol")
+        carol.send("/who", "/topic lobby set by the admin")
+        self.assertEqual(carol.expect_event("names")["ops"], ["carol"])
+        self.assertEqual(bob.expect_event("topic", room="lobby")["by"], "carol")
+        bob.send("/topic lobby mine")
+        self.assertEqual(bob.expect_event("error")["code"], "not-operator")
+        carol.send("/set dev moderated off")  # not a member of dev: still its operator
+        alice.expect_event("mode", mode="moderated", on=False)
+
+    def test_admin_option_needs_accounts(self):
+        done = subprocess.run(twistd_command() + ["-n", "--pidfile=", "chat", "--admin",
+                                                  "carol", "--db", ":memory:"],
+                              cwd=self.dir, capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("--admin names accounts", done.stdout + done.stderr)
+        self.assertNotIn("Traceback", done.stdout + done.stderr)
