@@ -123,7 +123,7 @@ class ChatWindowTests(WindowTestCase):
         except AssertionError:
             pass  # the window may be gone already
         self.assertCleanExit(alice)
-        ev = bob.expect_event("part", nick="alice")
+        ev = bob.expect_event("quit", nick="alice")
         self.assertTrue(ev["reason"].startswith("quit"), ev)
 
     def test_nick_taken_is_shown_and_another_can_be_picked(self):
@@ -225,7 +225,7 @@ class ReconnectWindowTests(WindowTestCase):
         # Ctrl+C in the terminal: the same clean stop as the close button.
         alice.proc.send_signal(signal.SIGINT)
         self.assertCleanExit(alice)
-        self.assertTrue(carol.expect_event("part", nick="alice")["reason"].startswith("quit"))
+        self.assertTrue(carol.expect_event("quit", nick="alice")["reason"].startswith("quit"))
         bob.wait_for(lambda s: s["members"] == ["bob", "carol"], "alice gone from bob's list")
         bob.call("close")
         self.assertCleanExit(bob)
@@ -257,7 +257,7 @@ class TLSWindowTests(SynchronousTestCase):
         w.say("/quit see you")
         self.assertEqual(w.wait_exit(), 0, w.errors())
         self.assertNotIn("Traceback", w.errors())
-        bob.expect_event("part", nick="alice", reason="quit: see you")
+        bob.expect_event("quit", nick="alice", reason="quit: see you")
 
 
 class WindowManagerTests(SynchronousTestCase):
