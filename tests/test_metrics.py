@@ -277,7 +277,7 @@ class MetricsServerTests(SynchronousTestCase):
         else:
             c.readline()
             c.send(f"/nick {nick}")
-            c.expect_text("in lobby")
+            c.expect_text("in #lobby")
         return c
 
     def test_values_move_as_clients_chat(self):
@@ -317,7 +317,7 @@ class MetricsServerTests(SynchronousTestCase):
                          sum(len(line.encode()) + 2 for line in got))
 
         before = after
-        carol.send("/join dev")
+        carol.send("/part", "/join dev")
         carol.expect_event("names", room="dev")
         bob.expect_event("part", nick="carol")
         alice.expect_text("carol left")
