@@ -120,7 +120,8 @@ class SessionLoginTests(SynchronousTestCase):
         self.assertEqual(self.model.login_state, m.LOGGED_IN)
         self.assertEqual(self.sent(transport), [])  # the login puts us in a room first
         proto.dataReceived(b'{"type":"join","room":"lobby","nick":"alice","ts":"t"}\n')
-        self.assertEqual(self.sent(transport), ["/join dev"])
+        # --room dev: dev joined, the default room left.
+        self.assertEqual(self.sent(transport), ["/join dev", "/part lobby"])
         # A reconnect logs in again with the password kept in memory.
         proto.connectionLost(Failure(ConnectionLost()))
         proto2, transport2 = self.open()

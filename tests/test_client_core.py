@@ -1,5 +1,6 @@
 """The desktop client's Tk-free core: model, protocol, session, reconnect loop. No display."""
 
+import json
 from datetime import datetime, timezone
 
 from twisted.internet.defer import Deferred, fail
@@ -99,15 +100,21 @@ class ModelTests(ModelTestCase):
         md.handle(ev("private", id=5, ts="2026-11-24T04:24:00.000Z", to="bob",
                      text="ok", **{"from": "alice"}))
         md.handle(ev("error", code="no-such-nick", message="nobody is called zed"))
-        got = [(line.kind, line.render()) for line in md.lines[-6:]]
+        got = [(line.kind, line.render()) for line in md.lines[-5:]]
         self.assertEqual(got, [
             (m.OWN, "[04:20] <alice> mine"),
             (m.OTHER, "[04:21] <bob> his"),
             (m.ACTION, "[04:22] * bob waves"),
-            (m.PRIVATE, "[04:23] *bob* psst"),
-            (m.PRIVATE, "[04:24] -> *bob* ok"),
+            (m.PRIVATE, "[04:24] -> *bob* ok"),  # sent from here: said here too
             (m.ERROR, "[23:20] !! no-such-nick: nobody is called zed"),
         ])
+        # The private messages are a conversation of their own, with an entry.
+        bob = md.find_query("BOB")
+        self.assertEqual([(line.kind, line.render()) for line in bob.lines], [
+            (m.PRIVATE, "[04:23] *bob* psst"),
+            (m.PRIVATE, "[04:24] -> *bob* ok"),
+        ])
+        self.assertEqual([c.label() for c in md.listing()], ["#lobby", "*bob* (1) !"])
 
     def test_nick_taken_tells_how_to_pick_another(self):
         md = self.model
@@ -221,6 +228,185 @@ class ModelTests(ModelTestCase):
         for i in range(5):
             md.system(f"line {i}")
         self.assertEqual([line.text for line in md.lines], ["line 2", "line 3", "line 4"])
+
+
+class RoomsModelTests(ModelTestCase):
+    """Protocol v2: several rooms at once, each with its own state."""
+
+    def join_dev(self, show=True):
+        md = self.model
+        if show:
+            md.request_join("dev")
+        md.handle(ev("join", room="dev", nick="alice", ts="2026-11-24T04:13:00.000Z"))
+        md.handle(ev("names", room="dev", nicks=["dave", "carol", "alice", "bob"],
+                     ops=["carol"], voiced=["dave"]))
+        md.handle(ev("topic", room="dev", topic="release on Friday", by="carol",
+                     ts="2026-11-24T03:00:00.000Z"))
+        md.handle(ev("history-end", room="dev", count=0, limit=50))
+
+    def test_each_room_keeps_its_lines_members_and_topic(self):
+        self.login()
+        md = self.model
+        self.join_dev()
+        self.assertEqual([c.label() for c in md.listing()], ["#lobby", "#dev"])
+        self.assertEqual((md.room, md.shown), ("dev", "#dev"))  # asked for: shown
+        self.assertEqual(md.marked_members(), ["@carol", "+dave", "alice", "bob"])
+        self.assertEqual(md.topic_text(), "release on Friday (set by carol)")
+        self.assertEqual(md.title(), "#dev — alice — twisted-chat")
+        self.assertEqual(self.texts(), [
+            "[04:13] -- you joined dev",
+            "[23:20] -- in dev: @carol, +dave, alice, bob",
+            "[03:00] -- topic: release on Friday (set by carol)",
+            "[23:20] -- no earlier messages in #dev",
+        ])
+        md.handle(ev("message", id=1, ts="2026-11-24T04:20:00.000Z", room="lobby",
+                     nick="bob", text="in the lobby"))
+        self.assertNotIn("in the lobby", " ".join(self.texts()))
+        self.changes.clear()
+        md.select("#lobby")
+        self.assertIn((m.ROOM_CHANGED, "lobby"), self.changes)
+        self.assertIn((m.TOPIC_CHANGED, "(no topic)"), self.changes)
+        self.assertEqual(self.texts()[-1], "[04:20] <bob> in the lobby")
+        self.assertEqual(md.members, ["bob", "alice"])
+        self.assertEqual(md.status_text(), "Connected as alice in lobby")
+        # A topic change reaches its room, and the bar if shown.
+        md.handle(ev("topic", room="lobby", topic="", by="bob", ts="2026-11-24T04:21:00.000Z"))
+        self.assertEqual(self.texts()[-1], "[04:21] -- no topic (cleared by bob)")
+        md.handle(ev("topic", room="dev", topic="release on Monday", by="carol", ts="t"))
+        self.assertEqual(md.find_room("dev").topic_text(), "release on Monday (set by carol)")
+        self.assertEqual(md.topic_text(), "(no topic)")
+
+    def test_a_join_not_asked_for_does_not_take_the_view(self):
+        self.login()
+        self.join_dev(show=False)  # e.g. joined again after a reconnect
+        self.assertEqual(self.model.room, "lobby")
+
+    def test_unread_count_and_mention_mark_per_room(self):
+        self.login()
+        md = self.model
+        self.join_dev(show=False)
+        dev = md.find_room("dev")
+        md.handle(ev("message", id=1, ts="t", room="dev", nick="bob", text="build is red"))
+        md.handle(ev("message", id=2, ts="t", room="dev", nick="alice", text="own"))
+        md.handle(ev("message", id=0, ts="t", room="dev", nick="bob", text="old",
+                     history=True))
+        md.handle(ev("message", id=3, ts="t", room="lobby", nick="bob", text="Alice?"))
+        self.assertEqual((dev.unread, dev.mention), (1, False))
+        self.assertEqual(md.find_room("lobby").unread, 0)  # shown
+        self.assertIn((m.CONVERSATIONS_CHANGED, md.listing()), self.changes)
+        md.handle(ev("message", id=4, ts="t", room="dev", nick="carol", text="ALICE: look"))
+        md.handle(ev("message", id=5, ts="t", room="dev", nick="carol", text="alicewise, no"))
+        self.assertEqual([c.label() for c in md.listing()], ["#lobby", "#dev (3) !"])
+        md.select_relative(1)
+        self.assertEqual(md.room, "dev")
+        self.assertEqual([c.label() for c in md.listing()], ["#lobby", "#dev"])
+        self.assertEqual(self.texts()[-1], "[23:20] <carol> alicewise, no")
+        md.select_relative(1)  # wraps round
+        self.assertEqual(md.room, "lobby")
+        md.select_relative(-1)
+        self.assertEqual(md.room, "dev")
+
+    def test_operator_and_voice_marks_follow_mode_events(self):
+        self.login()
+        md = self.model
+        self.join_dev()
+        md.handle(ev("mode", room="dev", by="carol", ts="2026-11-24T04:30:00.000Z",
+                     mode="op", on=True, nick="bob"))
+        md.handle(ev("mode", room="dev", by="carol", ts="2026-11-24T04:30:00.000Z",
+                     mode="voice", on=False, nick="dave"))
+        md.handle(ev("mode", room="dev", by="carol", ts="2026-11-24T04:31:00.000Z",
+                     mode="moderated", on=True))
+        md.handle(ev("mode", room="dev", by="carol", ts="2026-11-24T04:31:00.000Z",
+                     mode="limit", on=True, value=10))
+        self.assertEqual(md.marked_members(), ["@bob", "@carol", "alice", "dave"])
+        self.assertEqual(self.texts()[-4:], [
+            "[04:30] -- carol gives operator to bob",
+            "[04:30] -- carol takes voice from dave",
+            "[04:31] -- carol sets moderated on",
+            "[04:31] -- carol sets limit 10",
+        ])
+        self.assertIn((m.MEMBERS_CHANGED, md.members), self.changes)
+
+    def test_nick_and_quit_reach_every_shared_room(self):
+        self.login()
+        md = self.model
+        self.join_dev()
+        md.handle(ev("private", id=9, ts="t", to="alice", text="psst", **{"from": "bob"}))
+        md.handle(ev("mode", room="dev", by="carol", ts="t", mode="op", on=True, nick="bob"))
+        md.handle(ev("nick", old="bob", new="rob", ts="2026-11-24T04:40:00.000Z"))
+        lobby, dev = md.find_room("lobby"), md.find_room("dev")
+        self.assertEqual(lobby.members, ["rob", "alice"])
+        self.assertEqual(dev.marked_members(), ["@carol", "@rob", "+dave", "alice"])
+        for conv in (lobby, dev):
+            self.assertEqual(conv.lines[-1].render(), "[04:40] -- bob is now known as rob")
+        # The private conversation follows the peer's new nick.
+        self.assertIsNone(md.find_query("bob"))
+        self.assertEqual(md.find_query("rob").lines[-1].text, "bob is now known as rob")
+        md.handle(ev("quit", nick="rob", ts="2026-11-24T04:41:00.000Z", reason="quit: lunch"))
+        self.assertEqual(lobby.members, ["alice"])
+        self.assertEqual(dev.marked_members(), ["@carol", "+dave", "alice"])
+        for conv in (lobby, dev):
+            self.assertEqual(conv.lines[-1].render(), "[04:41] -- rob quit (quit: lunch)")
+        # Our own nick change: said in every room.
+        md.handle(ev("nick", old="alice", new="alicia", ts="2026-11-24T04:42:00.000Z"))
+        self.assertEqual(lobby.lines[-1].text, "you are now known as alicia")
+        self.assertEqual(dev.lines[-1].text, "you are now known as alicia")
+        self.assertEqual(dev.marked_members(), ["@carol", "+dave", "alicia"])
+
+    def test_kick_removes_a_member_or_the_room(self):
+        self.login()
+        md = self.model
+        self.join_dev()
+        md.handle(ev("kick", room="dev", nick="dave", by="carol", reason="spam",
+                     ts="2026-11-24T04:50:00.000Z"))
+        self.assertEqual(md.members, ["carol", "alice", "bob"])
+        self.assertEqual(self.texts()[-1], "[04:50] -- carol kicked dave from dev (spam)")
+        md.handle(ev("kick", room="dev", nick="alice", by="carol", reason="enough",
+                     ts="2026-11-24T04:51:00.000Z"))
+        self.assertEqual([c.label() for c in md.listing()], ["#lobby"])
+        self.assertEqual(md.room, "lobby")  # the room left the list: the next is shown
+        self.assertEqual((md.lines[-1].kind, md.lines[-1].render()),
+                         (m.ERROR, "[04:51] !! carol kicked you from dev (enough)"))
+        md.handle(ev("message", id=1, ts="t", room="dev", nick="bob", text="gone?"))
+        self.assertIsNone(md.find_room("dev"))
+
+    def test_own_part_removes_the_room(self):
+        self.login()
+        md = self.model
+        self.join_dev()
+        md.handle(ev("part", room="lobby", nick="alice", ts="2026-11-24T05:00:00.000Z",
+                     reason="left"))
+        self.assertEqual([c.label() for c in md.listing()], ["#dev"])
+        self.assertEqual(md.room, "dev")
+        md.handle(ev("part", room="dev", nick="alice", ts="2026-11-24T05:01:00.000Z",
+                     reason="left: bye"))
+        self.assertEqual((md.listing(), md.room, md.shown), ([], None, None))
+        self.assertEqual(self.texts(), ["[05:01] -- you left dev (left: bye)"])
+        self.assertEqual(md.title(), "alice — twisted-chat")
+
+    def test_history_separator_per_room(self):
+        self.login()
+        md = self.model
+        md.request_join("dev")
+        md.handle(ev("join", room="dev", nick="alice", ts="t"))
+        md.handle(ev("message", id=1, ts="t", room="dev", nick="bob", text="old dev",
+                     history=True))
+        md.handle(ev("history-end", room="dev", count=1, limit=50, oldest=1))
+        md.handle(ev("history-end", room="lobby", count=0, limit=50))
+        self.assertEqual([line.kind for line in md.find_room("dev").lines],
+                         [m.SYSTEM, m.OTHER, m.SEPARATOR])
+        self.assertEqual(md.find_room("lobby").lines[-1].text, "no earlier messages in #lobby")
+
+    def test_a_drop_keeps_the_rooms_listed_to_join_again(self):
+        self.login()
+        md = self.model
+        self.join_dev()
+        md.connection_lost("Connection lost.")
+        for conv in md.rooms():
+            self.assertEqual((conv.joined, conv.members), (False, []))
+            self.assertEqual(conv.lines[-1].render(), "[23:20] !! disconnected: Connection lost.")
+        self.assertEqual(md.topic_text(), "(not joined)")
+        self.assertEqual(md.room, "dev")
 
 
 class InputHistoryTests(SynchronousTestCase):
@@ -338,8 +524,99 @@ class ProtocolTests(SessionTestCase):
         self.assertNotEqual(self.model.lines[-1].text, "ghost")
 
         proto2, transport2 = self.open()
+        self.assertEqual(self.sent(transport2), ["/mode json", "/nick alicia"])
+        self.assertEqual(self.session.outbox, ["/say dev one", "/say dev two"])
+        # Registered, the server puts us in its default room: back to dev,
+        # out of the default room again, then the queue (to dev, where it was typed).
+        proto2.dataReceived(
+            b'{"type":"welcome","nick":"guest2"}\n'
+            b'{"type":"nick","old":"guest2","new":"alicia","ts":"t"}\n'
+            b'{"type":"join","room":"lobby","nick":"alicia","ts":"t"}\n')
         self.assertEqual(self.sent(transport2),
-                         ["/mode json", "/nick alicia", "/join dev", "one", "two"])
+                         ["/join dev", "/part lobby", "/say dev one", "/say dev two"])
+        self.assertEqual(self.session.outbox, [])
+        self.assertEqual(self.model.room, "dev")  # still shown
+
+
+class RoomsSessionTests(SessionTestCase):
+    def events(self, proto, *events):
+        proto.dataReceived(b"".join(json.dumps(e).encode() + b"\n" for e in events))
+
+    def registered(self, proto, room="lobby"):
+        self.events(proto, ev("welcome", nick="guest1"),
+                    ev("nick", old="guest1", new="alice", ts="t"),
+                    ev("join", room=room, nick="alice", ts="t"))
+
+    def test_the_entry_speaks_to_the_shown_conversation(self):
+        proto, transport = self.open()
+        self.registered(proto)
+        self.sent(transport)
+        say = self.session.submit
+        say("hello")
+        say("/me waves")
+        say("//etc/passwd is a path")
+        say("/join #dev sesame")
+        self.assertEqual(self.sent(transport), ["/say lobby hello", "/describe lobby waves",
+                                                "/say lobby /etc/passwd is a path",
+                                                "/join #dev sesame"])
+        self.events(proto, ev("join", room="dev", nick="alice", ts="t"))
+        self.assertEqual(self.model.room, "dev")
+        self.assertEqual(self.model.find_room("dev").join_key, "sesame")
+        say("in dev")
+        say("/topic")
+        say("/who")
+        say("/msg bob hi")
+        say("/join lobby")  # a room we are in: shown, nothing sent
+        self.assertEqual(self.model.room, "lobby")
+        say("/part")
+        self.assertEqual(self.sent(transport), ["/say dev in dev", "/topic dev", "/who",
+                                                "/msg bob hi", "/part lobby"])
+        self.events(proto, ev("part", room="lobby", nick="alice", ts="t", reason="left"))
+        self.assertEqual(self.model.room, "dev")
+        # A private conversation: text goes to the peer; /part closes its entry.
+        self.events(proto, ev("private", id=3, ts="t", to="alice", text="psst",
+                              **{"from": "bob"}))
+        self.model.select("*bob")
+        say("yes?")
+        say("/me nods")
+        self.assertEqual(self.model.lines[-1].kind, m.ERROR)
+        say("/part")
+        self.assertEqual(self.sent(transport), ["/msg bob yes?"])
+        self.assertEqual([c.label() for c in self.model.listing()], ["#dev"])
+        say("/part dev see you")
+        self.assertEqual(self.sent(transport), ["/part dev see you"])
+
+    def test_reconnect_rejoins_every_room_and_keeps_the_shown_one(self):
+        proto, transport = self.open()
+        self.registered(proto)
+        for room, key in (("dev", None), ("ops", "k3y"), ("qa", None)):
+            self.session.submit(f"/join {room} {key}" if key else f"/join {room}")
+            self.events(proto, ev("join", room=room, nick="alice", ts="t"))
+        self.model.select("#ops")
+        self.events(proto, ev("part", room="qa", nick="alice", ts="t", reason="left"))
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        self.session.submit("typed in ops")
+
+        proto2, transport2 = self.open()
+        self.assertEqual(self.sent(transport2), ["/mode json", "/nick alice"])
+        self.registered(proto2)
+        self.assertEqual(self.sent(transport2),
+                         ["/join dev", "/join ops k3y", "/say ops typed in ops"])
+        self.events(proto2, ev("join", room="dev", nick="alice", ts="t"),
+                    ev("join", room="ops", nick="alice", ts="t"))
+        self.assertEqual(self.model.room, "ops")
+        self.assertEqual([c.label() for c in self.model.listing()],
+                         ["#lobby", "#dev", "#ops"])
+        self.assertTrue(all(c.joined for c in self.model.rooms()))
+
+    def test_a_room_not_joined_again_can_be_parted_here(self):
+        proto, transport = self.open()
+        self.registered(proto)
+        self.session.submit("/join dev")
+        self.events(proto, ev("join", room="dev", nick="alice", ts="t"))
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        self.session.submit("/part")  # disconnected: the entry just goes
+        self.assertEqual([c.label() for c in self.model.listing()], ["#lobby"])
         self.assertEqual(self.session.outbox, [])
 
 
@@ -421,7 +698,7 @@ class LoginTests(SessionTestCase):
             b'{"type":"welcome","nick":"guest7"}\n'
             b'{"type":"nick","old":"guest7","new":"alice","ts":"t"}\n'
             b'{"type":"join","room":"lobby","nick":"alice","ts":"t"}\n')
-        self.assertEqual(self.sent(transport2), ["/join dev"])
+        self.assertEqual(self.sent(transport2), ["/join dev", "/part lobby"])
         proto2.dataReceived(b'{"type":"join","room":"dev","nick":"alice","ts":"t"}\n')
         self.assertEqual(self.sent(transport2), [])
 

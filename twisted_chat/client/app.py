@@ -126,7 +126,8 @@ class ClientApp:
         self.reactor = reactor
         self.root = root
         self.model = ConversationModel(nick=nick)
-        self.model.room = room
+        if room:
+            self.model.add_room(room)  # joined on connect, and shown
         self.session = ChatSession(self.model, on_quit=self.quit)
         if login is not None:
             self.session.use_login(login, password)

@@ -1,9 +1,13 @@
 """The client's session: one model, whichever connection is current, and the reconnect loop.
 
 :class:`ChatSession` is what the user's input and the protocol talk to. On
-every (re)connect it logs in (``/mode json``, ``/nick``, ``/join`` of the room
-it was in) and sends what the user typed while disconnected; it tells the
-model about connection state. :func:`connect` is the one connect path: any
+every (re)connect it logs in (``/mode json``, then ``/nick`` or ``/login``);
+once the server has put the connection in its default room it joins again
+every room of the model's list (leaving the default room if the user had
+left it) and sends what the user typed while disconnected; the room that was
+shown stays shown. It addresses what the user types to the shown
+conversation (``/say ROOM``, ``/describe ROOM``, ``/msg PEER``) and tells
+the model about connection state. :func:`connect` is the one connect path: any
 client endpoint (``tcp:``, ``unix:``, later ``ssl:``) in a
 :class:`~twisted.application.internet.ClientService` with backoff.
 
@@ -42,7 +46,7 @@ class ChatSession:
         # reconnect; the room to go back to once the login has put us in one.
         self._password: Optional[str] = None
         self._login_typed = False  # a typed /login is forgotten when refused
-        self._restore_room: Optional[str] = None
+        self._registered = False  # the current connection has had its first join
 
     # -- the connection's side -------------------------------------------------
 
@@ -62,16 +66,27 @@ class ChatSession:
         # Log in at once: the server registers a silent connection as a guest
         # after a short grace, and /mode does not register it.
         proto.send("/mode json")
+        # The rooms are joined again once the server has registered us and put
+        # us in its default room (a server without guests refuses /join until
+        # a login is done), then the lines typed meanwhile go out.
+        self._registered = False
         if self.model.login_name:
-            # The check is slow and a server without guests refuses /join
-            # until it is done: join the room once the login has put us in one.
-            self._restore_room = self.model.room
             self._send_login()
-        else:
-            if self.model.wanted_nick:
-                proto.send(f"/nick {self.model.wanted_nick}")
-            if self.model.room:
-                proto.send(f"/join {self.model.room}")
+        elif self.model.wanted_nick:
+            proto.send(f"/nick {self.model.wanted_nick}")
+
+    def _restore(self, proto, default_room: str, listed: bool) -> None:
+        """The first join of a connection: join the listed rooms again, send the queue.
+
+        ``listed``: the default room was in the list before this join.
+        """
+        rooms = [c for c in self.model.rooms() if fold(c.name) != fold(default_room)]
+        for conv in rooms:
+            proto.send(f"/join {conv.name} {conv.join_key}" if conv.join_key
+                       else f"/join {conv.name}")
+        if rooms and not listed:
+            # The user had left the default room (or chose another with --room).
+            proto.send(f"/part {default_room}")
         queued, self.outbox = self.outbox, []
         for text in queued:
             proto.send(text)
@@ -83,16 +98,18 @@ class ChatSession:
             return
         kind = event.get("type")
         was = self.model.login_state
+        first_join = (kind == "join" and not self._registered
+                      and self.model.is_me(event.get("nick")))
+        listed = first_join and self.model.find_room(event.get("room")) is not None
         self.model.handle(event)
         if was == m.LOGIN_PENDING and self.model.login_state == m.LOGIN_FAILED:
             self._password = None  # ask again rather than retry a wrong one
             if self._login_typed:
                 self.model.login_name = None
                 self.model.set_login_state(None)
-        if kind == "join" and self._restore_room and self.model.is_me(event.get("nick")):
-            room, self._restore_room = self._restore_room, None
-            if fold(room) != fold(str(event.get("room"))):
-                proto.send(f"/join {room}")
+        if first_join:
+            self._registered = True
+            self._restore(proto, str(event.get("room")), listed)
 
     def raw_line(self, proto, text: str) -> None:
         if proto is self.protocol:
@@ -109,7 +126,7 @@ class ChatSession:
     # -- the user's side -------------------------------------------------------
 
     def submit(self, text: str) -> None:
-        """What the user typed: messages and /commands go to the server as they are."""
+        """What the user typed: addressed to the shown conversation, then sent (or queued)."""
         for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
             if line.strip():
                 self._submit_line(line)
@@ -132,6 +149,9 @@ class ChatSession:
         elif word == "/mode":
             self.model.problem("the client needs JSON mode; /mode is not sent")
             return
+        line = self._address(word, line)
+        if line is None:
+            return
         if self.protocol is not None:
             self.protocol.send(line)
         elif len(self.outbox) < self.max_queued:
@@ -141,6 +161,51 @@ class ChatSession:
         else:
             self.model.add_line(UNSENT, "(not sent)", f"{line}  — not connected and "
                                 f"{self.max_queued} lines are already waiting")
+
+    def _address(self, word: str, line: str) -> Optional[str]:
+        """The line to send for what the user typed, or None when it is done here.
+
+        Text goes to the shown room (``/say ROOM``) or peer (``/msg PEER``),
+        ``/me`` to the shown room (``/describe ROOM``); ``/join`` of a room we
+        are in just shows it; ``/part`` alone leaves the shown room; other
+        commands go as typed.
+        """
+        conv = self.model.current
+        if not word or line.startswith("//"):
+            text = line[1:] if line.startswith("//") else line  # "//x" says "/x"
+            if conv is None:
+                return line
+            return f"/say {conv.name} {text}" if conv.is_room else f"/msg {conv.name} {text}"
+        args = line.split()[1:]
+        if word == "/me" and conv is not None:
+            text = line[len(word):].strip()
+            if not conv.is_room:
+                self.model.problem("/me works in rooms; this is a private conversation")
+                return None
+            return f"/describe {conv.name} {text}" if text else line
+        if word == "/join" and args:
+            room = self.model.find_room(args[0])
+            if room is not None and room.joined and self.protocol is not None:
+                self.model.select(room.key)
+                return None
+            self.model.request_join(args[0], args[1] if len(args) > 1 else None)
+            return line
+        if word == "/part":
+            if args:
+                target = self.model.find_room(args[0])
+                if target is None and self.model.find_query(args[0]) is not None:
+                    target = self.model.find_query(args[0])  # a peer: close its entry
+            else:
+                target = conv
+            if target is None:
+                return line
+            if target.is_room and target.joined and self.protocol is not None:
+                return line if args else f"/part {target.name}"
+            self.model.close(target.key)  # not in it (now): nothing to tell the server
+            return None
+        if word == "/topic" and not args and conv is not None and conv.is_room:
+            return f"/topic {conv.name}"
+        return line
 
     # -- accounts ----------------------------------------------------------------
 
