@@ -28,6 +28,11 @@ def has_line(fragment, tag=None):
     return check
 
 
+def plain(members):
+    """The member list without the operator and voice marks, by name."""
+    return sorted((m.lstrip("@+") for m in members), key=str.casefold)
+
+
 class WindowTestCase(SynchronousTestCase):
     server_args = ()
 
@@ -94,11 +99,14 @@ class ChatWindowTests(WindowTestCase):
         self.assertEqual(alice.dump()["entry"], "/me waves")
         alice.call("type", text="")
 
-        # bob's message, action and private message appear, each in its style.
+        # bob's message and action appear, each in its style; his private
+        # message opens a conversation of its own in the list, marked.
         bob.send("hi alice", "/me bows", "/msg alice just for you")
-        state = alice.wait_for(has_line("*bob* just for you", "private"), "bob's private line")
+        state = alice.wait_for(lambda s: "*bob* (1) !" in s["conversations"],
+                               "bob's private conversation in the list")
         self.assertTrue(has_line("<bob> hi alice", "other")(state), state["lines"])
         self.assertTrue(has_line("* bob bows", "action")(state), state["lines"])
+        self.assertFalse(has_line("just for you")(state), state["lines"])
         self.assertTrue(state["at_bottom"])
 
         # Unread count in the title while the window is not focused.
@@ -153,6 +161,147 @@ class ChatWindowTests(WindowTestCase):
         self.assertCleanExit(w)
 
 
+class RoomsWindowTests(WindowTestCase):
+    """Protocol v2: several rooms in one window, driven by real clicks and keys (xdotool)."""
+
+    def setUp(self):
+        super().setUp()
+        if shutil.which("xdotool") is None:
+            self.skipTest("needs xdotool (Debian: apt-get install xdotool)")
+
+    def xdotool(self, *args):
+        env = dict(os.environ, DISPLAY=self.display)
+        result = subprocess.run(["xdotool"] + list(args), env=env, capture_output=True,
+                                timeout=20)
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def click_entry(self, w, index):
+        """A real mouse click on the ``index``th entry of the conversation list."""
+        x, y = w.call("geometry")["rooms"][index]
+        self.xdotool("mousemove", "--sync", str(x), str(y), "click", "1")
+
+    def keys(self, w, *keys):
+        """Real key presses in the window, the entry having the focus."""
+        w.call("focus_entry")
+        for key in keys:
+            self.xdotool("key", "--clearmodifiers", key)
+
+    def test_rooms_topic_operators_and_switching(self):
+        alice = self.window("--nick", "alice")
+        alice.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected")
+        bob = self.peer("bob")
+        # /join from the entry: the room is listed, shown, and alice (its first
+        # member) is its operator.
+        alice.say("/join dev")
+        state = alice.wait_for(lambda s: s["room"] == "#dev" and s["members"] == ["@alice"],
+                               "alice, operator of dev")
+        self.assertEqual((state["conversations"], state["selected"]), (["#lobby", "#dev"],
+                                                                     ["#dev"]))
+        self.assertEqual(state["title"], "#dev — alice — twisted-chat")
+        alice.say("/topic dev release on Friday")
+        alice.wait_for(lambda s: s["topic"] == "release on Friday (set by alice)",
+                       "the topic bar")
+        bob.send("/join dev")
+        bob.expect_event("topic", room="dev", topic="release on Friday", by="alice")
+        alice.say("/voice dev bob")
+        state = alice.wait_for(lambda s: s["members"] == ["@alice", "+bob"], "bob voiced")
+        self.assertTrue(has_line("alice gives voice to bob", "system")(state), state["lines"])
+
+        # Plain text and /me go to the shown room.
+        alice.say("hello dev")
+        self.assertEqual(bob.expect_event("message", nick="alice")["room"], "dev")
+        alice.say("/me waves")
+        ev = bob.expect_event("message", nick="alice", action=True)
+        self.assertEqual((ev["room"], ev["text"]), ("dev", "waves"))
+
+        # Elsewhere: unread counts in the list, and a mark when alice is named.
+        bob.send("/say lobby anyone here?", "/say lobby alice: lunch?")
+        state = alice.wait_for(lambda s: s["conversations"] == ["#lobby (2) !", "#dev"],
+                               "unread and mention marks on lobby")
+        self.assertFalse(has_line("lunch?")(state), state["lines"])
+        # A click on lobby shows it: its log, members and topic; the marks go.
+        self.click_entry(alice, 0)
+        state = alice.wait_for(lambda s: s["room"] == "#lobby", "lobby shown after a click")
+        self.assertEqual((state["conversations"], state["selected"]), (["#lobby", "#dev"],
+                                                                     ["#lobby"]))
+        self.assertTrue(has_line("<bob> alice: lunch?", "other")(state), state["lines"])
+        self.assertFalse(has_line("hello dev")(state), state["lines"])
+        self.assertEqual((state["members"], state["topic"]), (["alice", "bob"], "(no topic)"))
+        alice.say("yes!")
+        self.assertEqual(bob.expect_event("message", nick="alice", text="yes!")["room"], "lobby")
+        # Ctrl+PgDn / Ctrl+PgUp: the next and previous room.
+        self.keys(alice, "ctrl+Next")
+        state = alice.wait_for(lambda s: s["room"] == "#dev", "dev after Ctrl+PgDn")
+        self.assertEqual(state["topic"], "release on Friday (set by alice)")
+        self.assertEqual(state["members"], ["@alice", "+bob"])
+        self.assertTrue(has_line("* alice waves", "action")(state), state["lines"])
+        self.keys(alice, "ctrl+Prior")
+        alice.wait_for(lambda s: s["room"] == "#lobby", "lobby after Ctrl+PgUp")
+        self.keys(alice, "ctrl+Prior")  # wraps round
+        alice.wait_for(lambda s: s["room"] == "#dev", "dev again, wrapping round")
+
+        # A nick change shows in every room's list; a topic change in the bar.
+        bob.send("/nick rob")
+        alice.wait_for(lambda s: s["members"] == ["@alice", "+rob"], "rob in dev")
+        alice.say("/topic dev release on Monday")
+        alice.wait_for(lambda s: s["topic"] == "release on Monday (set by alice)", "new topic")
+        self.click_entry(alice, 0)
+        state = alice.wait_for(lambda s: s["room"] == "#lobby", "lobby again")
+        self.assertEqual(state["members"], ["alice", "rob"])
+        self.assertTrue(has_line("bob is now known as rob", "system")(state), state["lines"])
+        alice.call("close")
+        self.assertCleanExit(alice)
+
+    def test_part_kick_quit_and_private_conversations(self):
+        alice = self.window("--nick", "alice")
+        alice.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected")
+        bob = self.peer("bob")
+        bob.send("/join ops")  # bob, first in ops, is its operator
+        bob.expect_event("names", room="ops")
+        alice.say("/join ops")
+        alice.wait_for(lambda s: s["room"] == "#ops" and s["members"] == ["@bob", "alice"],
+                       "alice in ops")
+        alice.say("/join dev")
+        alice.wait_for(lambda s: s["room"] == "#dev", "alice in dev")
+        bob.send("/join dev")
+        alice.wait_for(lambda s: s["members"] == ["@alice", "bob"], "bob in dev")
+        # /part alone leaves the shown room: the list loses it, the next is shown.
+        alice.say("/part")
+        ev = bob.expect_event("part", room="dev", nick="alice")
+        self.assertEqual(ev["reason"], "left")
+        state = alice.wait_for(lambda s: s["conversations"] == ["#lobby", "#ops"],
+                               "dev off the list")
+        self.assertEqual(state["room"], "#ops")
+        self.assertTrue(has_line("you left dev (left)", "system")(state), state["lines"])
+        # Kicked out of ops: it leaves the list, with who and why.
+        bob.send("/kick ops alice not today")
+        state = alice.wait_for(lambda s: s["conversations"] == ["#lobby"], "ops off the list")
+        self.assertEqual(state["room"], "#lobby")
+        self.assertTrue(has_line("bob kicked you from ops (not today)", "error")(state),
+                        state["lines"])
+        # A private message: a conversation of its own; typing in it answers bob.
+        bob.send("/msg alice psst")
+        state = alice.wait_for(lambda s: s["conversations"] == ["#lobby", "*bob* (1) !"],
+                               "bob's private conversation")
+        self.click_entry(alice, 1)
+        state = alice.wait_for(lambda s: s["room"] == "*bob* (private)", "the conversation")
+        self.assertEqual(state["topic"], "private conversation with bob")
+        self.assertTrue(has_line("*bob* psst", "private")(state), state["lines"])
+        alice.say("what is it?")
+        ev = bob.expect_event("private", to="bob")
+        self.assertEqual((ev["from"], ev["text"]), ("alice", "what is it?"))
+        alice.wait_for(has_line("-> *bob* what is it?", "private"), "the sent line")
+        # bob quits: said in the conversation and in the shared room.
+        bob.send("/quit gone")
+        state = alice.wait_for(has_line("bob quit (quit: gone)", "system"), "bob's quit")
+        self.keys(alice, "ctrl+Prior")
+        state = alice.wait_for(lambda s: s["room"] == "#lobby", "lobby")
+        self.assertEqual(state["members"], ["alice"])
+        self.assertTrue(has_line("bob quit (quit: gone)", "system")(state), state["lines"])
+        alice.call("close")
+        self.assertCleanExit(alice)
+
+
 class ScrollTests(WindowTestCase):
     server_args = ("--rate", "0")  # bob pastes 60 lines at once
     def test_log_follows_new_lines_unless_scrolled_up(self):
@@ -178,12 +327,19 @@ class ReconnectWindowTests(WindowTestCase):
     def test_server_restart_both_windows_come_back(self):
         alice = self.window("--nick", "alice")
         alice.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected")
+        alice.say("/join ops")
+        alice.wait_for(lambda s: s["room"] == "#ops", "room ops")
         alice.say("/join dev")
-        alice.wait_for(lambda s: s["room"] == "#dev" and s["members"] == ["alice"], "room dev")
+        alice.wait_for(lambda s: s["room"] == "#dev" and plain(s["members"]) == ["alice"],
+                       "room dev")
+        # --room: that room instead of the server's default one.
         bob = self.window("--nick", "bob", "--room", "dev")
         for w in (alice, bob):
-            w.wait_for(lambda s: s["room"] == "#dev" and s["members"] == ["alice", "bob"],
-                       "both in dev")
+            w.wait_for(lambda s: s["room"] == "#dev"
+                       and plain(s["members"]) == ["alice", "bob"], "both in dev")
+        self.assertEqual(bob.wait_for(lambda s: s["conversations"] == ["#dev"],
+                                      "bob out of lobby")["selected"], ["#dev"])
+        self.assertEqual(alice.dump()["conversations"], ["#lobby", "#ops", "#dev"])
 
         port = self.server.port
         self.server.stop()
@@ -191,6 +347,7 @@ class ReconnectWindowTests(WindowTestCase):
             state = w.wait_for(lambda s: "reconnecting in" in s["status"], "reconnecting")
             self.assertEqual(state["members"], [])
             self.assertTrue(has_line("disconnected", "error")(state), state["lines"])
+        self.assertEqual(alice.dump()["conversations"], ["#lobby", "#ops", "#dev"])
 
         # Typed while disconnected: shown as queued, not lost.
         alice.say("typed while the server was down")
@@ -198,16 +355,22 @@ class ReconnectWindowTests(WindowTestCase):
 
         self.server = ChatServer(port=f"tcp:{port}:interface=127.0.0.1").start()
         self.addCleanup(self.server.stop)
-        # Back with the same nick in the same room; the queued line went to the
-        # server, which echoes it in the room (the own style).
+        # Back with the same nick in every room, the shown one still shown; the
+        # queued line went to the room it was typed in, which echoes it (the own style).
         alice.wait_for(has_line("<alice> typed while the server was down", "own"),
                        "the queued line sent after the reconnect", timeout=40)
         for w, nick in ((alice, "alice"), (bob, "bob")):
             state = w.wait_for(lambda s: s["status"] == f"Connected as {nick} in dev"
-                               and s["members"] == ["alice", "bob"],
+                               and plain(s["members"]) == ["alice", "bob"],
                                f"{nick} connected in dev again", timeout=40)
-            self.assertEqual(state["room"], "#dev")
+            self.assertEqual((state["room"], state["selected"]), ("#dev", ["#dev"]))
+        self.assertEqual(alice.dump()["conversations"], ["#lobby", "#ops", "#dev"])
+        self.assertEqual(bob.dump()["conversations"], ["#dev"])
         carol = self.peer("carol")
+        carol.send("/who ops", "/who lobby")
+        self.assertEqual(carol.expect_event("names", room="ops")["nicks"], ["alice"])
+        self.assertEqual(sorted(carol.expect_event("names", room="lobby")["nicks"]),
+                         ["alice", "carol"])
         carol.send("/join dev")
         names = carol.expect_event("names", room="dev")
         self.assertEqual(sorted(names["nicks"]), ["alice", "bob", "carol"])
@@ -226,7 +389,8 @@ class ReconnectWindowTests(WindowTestCase):
         alice.proc.send_signal(signal.SIGINT)
         self.assertCleanExit(alice)
         self.assertTrue(carol.expect_event("quit", nick="alice")["reason"].startswith("quit"))
-        bob.wait_for(lambda s: s["members"] == ["bob", "carol"], "alice gone from bob's list")
+        bob.wait_for(lambda s: plain(s["members"]) == ["bob", "carol"],
+                     "alice gone from bob's list")
         bob.call("close")
         self.assertCleanExit(bob)
 

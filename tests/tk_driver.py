@@ -7,13 +7,17 @@ line on stdin is a JSON command ``{"op": ..., "seq": N, ...}``; each reply is
 one JSON line on stdout carrying the same ``seq``:
 
 - ``dump``: the widgets' contents (chat log lines and their style tags,
-  member list, room label, status bar, title, entry, nick field)
+  member list, room label, topic bar, list of conversations and which is
+  selected, status bar, title, entry, nick field)
+- ``geometry``: where things are on the screen, for xdotool: the window's
+  X id and the centre of each entry of the conversation list
 - ``type`` ``text``: replace the entry's text
 - ``send``: invoke the Send button
 - ``key`` ``widget`` (entry | nick) ``key`` (e.g. ``Return``, ``Up``): a key
   event to that widget's bindings
 - ``nick`` ``text``: replace the nick field's text
 - ``password`` ``text``: type into the login bar's password field and click Log in
+- ``focus_entry``: give the entry the X focus (before xdotool types keys)
 - ``focus`` ``focused`` (bool): tell the model the window gained or lost the focus
 - ``scroll`` ``fraction``: scroll the chat log (0.0 is the top)
 - ``close``: the window manager's close button (WM_DELETE_WINDOW)
@@ -50,6 +54,9 @@ def widget_state(app):
         "lines": lines,
         "tags": tags,
         "members": list(view.members_list.get(0, "end")),
+        "conversations": list(view.rooms_list.get(0, "end")),
+        "selected": [view.rooms_list.get(i) for i in view.rooms_list.curselection()],
+        "topic": view.topic_label.cget("text"),
         "members_label": view.members_label.cget("text"),
         "room": view.room_label.cget("text"),
         "status": view.status_label.cget("text"),
@@ -82,6 +89,16 @@ class Control(LineReceiver):
         op, view, root = cmd["op"], self.app.view, self.app.root
         if op == "dump":
             return widget_state(self.app)
+        if op == "geometry":
+            root.update_idletasks()
+            lb = view.rooms_list
+            points = []
+            for i in range(lb.size()):
+                lb.see(i)
+                x, y, w, h = lb.bbox(i)
+                points.append([lb.winfo_rootx() + x + w // 2, lb.winfo_rooty() + y + h // 2])
+            return {"window": root.winfo_id(), "frame": int(root.wm_frame(), 16),
+                    "rooms": points}
         if op == "type":
             view.entry.delete(0, "end")
             view.entry.insert(0, cmd["text"])
@@ -98,6 +115,9 @@ class Control(LineReceiver):
             widget = {"entry": view.entry, "nick": view.nick_entry}[cmd["widget"]]
             widget.focus_force()
             widget.event_generate(f"<KeyPress-{cmd['key']}>", when="now")
+        elif op == "focus_entry":
+            view.entry.focus_force()
+            root.update()
         elif op == "focus":
             view.model.set_focus(cmd["focused"])
             return {"title": root.title()}

@@ -1,5 +1,10 @@
 """The chat window: renders a ConversationModel with Tk and forwards the user's input.
 
+On the left the list of conversations (joined rooms, then private peers)
+with unread counts and a mention mark; click one, or Ctrl+PgUp / Ctrl+PgDn,
+to show it. In the middle the shown conversation's topic bar and log; on the
+right its members, operators marked ``@`` and voiced members ``+``.
+
 The view never touches sockets: what the user types goes to a ``submit``
 callable (the session's), and everything shown comes from the model's change
 notifications. No modal dialogs: a nested Tk loop would starve the reactor,
@@ -17,6 +22,8 @@ from . import model as m
 _NICK_COLOURS = ("#b5400d", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#827717",
                  "#4e342e", "#283593", "#c62828", "#00695c")
 OWN_COLOUR = "#1a57b0"
+UNREAD_COLOUR = "#1a57b0"  # a conversation with unread messages
+MENTION_COLOUR = "#c62828"  # ... one of which names the user
 
 
 def nick_colour(nick: str) -> str:
@@ -43,9 +50,10 @@ class ChatView:
         self.history = m.InputHistory()
         self._nick_tags = set()
         self._build()
-        for line in model.lines:
-            self._add_line(line)
-        self._render_members(model.members)
+        self._render_log()
+        self._render_conversations()
+        self._render_members()
+        self._render_topic()
         self._render_room()
         self._render_nick()
         self._render_status()
@@ -53,6 +61,9 @@ class ChatView:
         model.subscribe(self._changed)
         root.bind("<FocusIn>", self._focus_in, add="+")
         root.bind("<FocusOut>", self._focus_out, add="+")
+        # Anywhere in the window (the entry included): the previous / next conversation.
+        root.bind_all("<Control-Prior>", lambda event: self._switch(-1))
+        root.bind_all("<Control-Next>", lambda event: self._switch(1))
         self._ticking = root.after(1000, self._tick)
         self.entry.focus_set()
         if self.login_bar.winfo_manager():
@@ -103,17 +114,38 @@ class ChatView:
         body = tk.PanedWindow(root, orient="horizontal", sashwidth=5, borderwidth=0)
         body.grid(row=1, column=0, sticky="nsew", padx=6)
 
+        rooms = tk.Frame(body)
+        rooms.rowconfigure(1, weight=1)
+        rooms.columnconfigure(0, weight=1)
+        tk.Label(rooms, text="Rooms", anchor="w", font=self.fonts["bold"]).grid(
+            row=0, column=0, sticky="ew", padx=(0, 4))
+        self.rooms_list = tk.Listbox(rooms, width=16, activestyle="none",
+                                     font=self.fonts["text"], borderwidth=1, relief="sunken",
+                                     exportselection=False, selectbackground="#dbe7fb",
+                                     selectforeground="#1b1b1b")
+        self.rooms_list.grid(row=1, column=0, sticky="nsew", padx=(0, 4))
+        self.rooms_list.bind("<<ListboxSelect>>", self._list_selected)
+        body.add(rooms, stretch="never", minsize=100)
+        self._listed_keys = []
+
         logframe = tk.Frame(body)
-        logframe.rowconfigure(0, weight=1)
+        logframe.rowconfigure(1, weight=1)
         logframe.columnconfigure(0, weight=1)
+        self.topic_label = tk.Label(logframe, text="", anchor="w", justify="left",
+                                    font=self.fonts["italic"], background="#f4f4f0",
+                                    foreground="#3b3b3b", relief="groove", borderwidth=1,
+                                    padx=6, pady=2)
+        self.topic_label.grid(row=0, column=0, columnspan=2, sticky="ew", pady=(0, 3))
+        self.topic_label.bind(
+            "<Configure>", lambda e: self.topic_label.configure(wraplength=max(e.width - 14, 50)))
         self.log = tk.Text(logframe, wrap="word", state="disabled", width=70, height=22,
                            font=self.fonts["text"], padx=6, pady=4, borderwidth=1,
                            relief="sunken", background="white", foreground="#1b1b1b",
                            spacing1=1, spacing3=1, cursor="arrow")
         scroll = tk.Scrollbar(logframe, orient="vertical", command=self.log.yview)
         self.log.configure(yscrollcommand=scroll.set)
-        self.log.grid(row=0, column=0, sticky="nsew")
-        scroll.grid(row=0, column=1, sticky="ns")
+        self.log.grid(row=1, column=0, sticky="nsew")
+        scroll.grid(row=1, column=1, sticky="ns")
         body.add(logframe, stretch="always", minsize=300)
 
         side = tk.Frame(body)
@@ -167,9 +199,15 @@ class ChatView:
         if change == m.LINE_ADDED:
             self._add_line(value)
         elif change == m.MEMBERS_CHANGED:
-            self._render_members(value)
+            self._render_members()
         elif change == m.ROOM_CHANGED:
             self._render_room()
+            self._render_log()
+            self._render_conversations()
+        elif change == m.CONVERSATIONS_CHANGED:
+            self._render_conversations()
+        elif change == m.TOPIC_CHANGED:
+            self._render_topic()
         elif change == m.NICK_CHANGED:
             self._render_nick()
         elif change == m.STATUS_CHANGED:
@@ -177,6 +215,16 @@ class ChatView:
         elif change == m.LOGIN_CHANGED:
             self._render_login()
         self.root.title(self.model.title())
+
+    def _render_log(self):
+        # The shown conversation's lines, from the top, following the end.
+        log = self.log
+        log.configure(state="normal")
+        log.delete("1.0", "end")
+        log.configure(state="disabled")
+        for line in self.model.lines:
+            self._add_line(line)
+        log.see("end")
 
     def _at_bottom(self) -> bool:
         return self.log.yview()[1] >= 0.999
@@ -211,21 +259,56 @@ class ChatView:
             self._nick_tags.add(tag)
         return tag
 
-    def _render_members(self, members):
+    def _render_members(self):
         lb = self.members_list
         lb.delete(0, "end")
-        for i, nick in enumerate(sorted(members, key=str.casefold)):
-            lb.insert("end", _tk_safe(nick))
-            if self.model.is_me(nick):
-                lb.itemconfigure(i, foreground=OWN_COLOUR)
-            else:
-                lb.itemconfigure(i, foreground=nick_colour(nick))
-        n = len(members)
+        marked = self.model.marked_members()
+        for i, entry in enumerate(marked):
+            lb.insert("end", _tk_safe(entry))
+            nick = entry.lstrip("@+")
+            lb.itemconfigure(i, foreground=OWN_COLOUR if self.model.is_me(nick)
+                             else nick_colour(nick))
+        n = len(marked)
         self.members_label.configure(text=f"{n} member{'s' if n != 1 else ''}" if n else "Members")
 
+    def _render_conversations(self):
+        lb = self.rooms_list
+        entries = self.model.listing()
+        self._listed_keys = [c.key for c in entries]
+        lb.delete(0, "end")
+        for i, conv in enumerate(entries):
+            lb.insert("end", _tk_safe(conv.label()))
+            if conv.mention:
+                lb.itemconfigure(i, foreground=MENTION_COLOUR)
+            elif conv.unread:
+                lb.itemconfigure(i, foreground=UNREAD_COLOUR)
+            elif conv.is_room and not conv.joined:
+                lb.itemconfigure(i, foreground="#9a9a9a")
+        if self.model.shown in self._listed_keys:
+            index = self._listed_keys.index(self.model.shown)
+            lb.selection_set(index)
+            lb.see(index)
+
+    def _list_selected(self, event):
+        chosen = self.rooms_list.curselection()
+        if chosen and chosen[0] < len(self._listed_keys):
+            self.model.select(self._listed_keys[chosen[0]])
+        self.entry.focus_set()
+
+    def _switch(self, step):
+        self.model.select_relative(step)
+        return "break"
+
+    def _render_topic(self):
+        self.topic_label.configure(text=_tk_safe(self.model.topic_text() or " "))
+
     def _render_room(self):
-        room = self.model.room
-        self.room_label.configure(text=f"#{room}" if room else "(no room)")
+        conv = self.model.current
+        if conv is None:
+            text = "(no room)"
+        else:
+            text = f"#{conv.name}" if conv.is_room else f"*{conv.name}* (private)"
+        self.room_label.configure(text=_tk_safe(text))
 
     def _render_nick(self):
         try:
