@@ -750,12 +750,17 @@ class ConversationModel:
         conv = self._joined_room(_str(ev.get("room")))
         if conv is None:
             return
-        for nick in ev.get("left") or ():
-            if isinstance(nick, str):
-                conv.remove_member(nick)
+        # Sets, not a search per nick: these rooms are the big ones.
+        left = {fold(n) for n in ev.get("left") or () if isinstance(n, str)}
+        members = [n for n in conv.members if fold(n) not in left]
+        present = {fold(n) for n in members}
         for nick in ev.get("joined") or ():
-            if isinstance(nick, str) and not conv.has_member(nick):
-                conv.members.append(nick)
+            if isinstance(nick, str) and fold(nick) not in present:
+                members.append(nick)
+                present.add(fold(nick))
+        conv.members = members
+        conv.ops -= left
+        conv.voiced -= left
         self._members_changed(conv)
 
     def _on_rooms(self, ev):
