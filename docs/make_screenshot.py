@@ -7,8 +7,10 @@ Debian's xvfb and imagemagick)::
 
 It starts a private Xvfb, a real ``twistd chat`` on a loopback port, the
 real client window (through tests/tk_driver.py, the same driver the window
-tests use) and a few scripted socket clients, holds a short conversation, and
-saves a PNG of the window.
+tests use) and a few scripted socket clients, holds a short conversation in
+two rooms (a topic, an operator and a voiced member, unread lines and a
+mention in the other room, a private conversation), and saves a PNG of the
+window.
 """
 
 import os
@@ -53,21 +55,31 @@ def main(argv):
         window.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "connected")
         bob.send("morning, alice!")
         wait_line(window, "morning, alice")
-        window.say("hi bob! did the deploy go out?")
-        wait_line(window, "<alice> hi bob")
-        bob.send("yes, ten minutes ago. No errors so far.")
+        # A second room: alice, its first member, is its operator; she sets its topic.
+        window.say("/join dev")
+        window.wait_for(lambda s: s["room"] == "#dev", "dev shown")
+        window.say("/topic dev Release 2.0 on Friday: freeze Thursday noon")
+        window.wait_for(lambda s: s["topic"].startswith("Release 2.0"), "the topic")
+        bob.send("/join dev")
         carol = peer("carol")
-        carol.send("/me brings coffee")
+        carol.send("/join dev")
+        window.wait_for(lambda s: len(s["members"]) == 3, "three in dev")
+        window.say("/voice dev bob")
+        window.say("hi both! did the deploy go out?")
+        wait_line(window, "<alice> hi both")
+        bob.send("/say dev yes, ten minutes ago. No errors so far.")
+        carol.send("/describe dev brings coffee")
         wait_line(window, "brings coffee")
-        bob.send("/msg alice can you review my branch after lunch?")
-        wait_line(window, "review my branch")
-        window.say("/msg bob sure, after lunch")
-        wait_line(window, "sure, after lunch")
+        carol.send("/say dev the client keeps every room now: the list on the left counts "
+                   "what you missed and marks where you were named")
+        wait_line(window, "the client keeps every room")
+        # Meanwhile, elsewhere: unread lines in the lobby (one names alice), and a
+        # private conversation.
         dave = peer("dave")
-        dave.send("/nick dave_away")
-        carol.send("the new client reconnects by itself when the server restarts, and "
-                   "whatever you type meanwhile is queued and sent once it is back")
-        wait_line(window, "reconnects by itself")
+        dave.send("anyone up for lunch?", "alice: you too?")
+        bob.send("/msg alice can you review my branch after lunch?")
+        window.wait_for(lambda s: s["conversations"] == ["#lobby (2) !", "#dev", "*bob* (1) !"],
+                        "the lobby's unread lines and bob's private conversation")
         window.say("/me waves at carol")
         wait_line(window, "waves at carol")
         window.call("type", text="see you at the standup")
