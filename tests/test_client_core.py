@@ -397,6 +397,28 @@ class RoomsModelTests(ModelTestCase):
                          [m.SYSTEM, m.OTHER, m.SEPARATOR])
         self.assertEqual(md.find_room("lobby").lines[-1].text, "no earlier messages in #lobby")
 
+    def test_answers_about_rooms_are_said_in_words(self):
+        self.login()
+        md = self.model
+        self.join_dev()
+        md.handle(ev("flags", room="dev", **{"topic-lock": True, "moderated": False,
+                                            "invite-only": False, "key": "s3cret",
+                                            "limit": 20}))
+        md.handle(ev("bans", room="dev", bans=[{"entry": "account:zed", "nick": "zed",
+                                                 "by": "carol", "ts": "t"}]))
+        md.handle(ev("invite", room="secret", by="carol", ts="2026-11-24T05:10:00.000Z"))
+        md.handle(ev("topic", room="elsewhere", topic="", by="", ts="t"))
+        md.handle(ev("names", room="qa", nicks=["zed", "amy"], ops=["zed"]))
+        self.assertEqual(self.texts()[-5:], [
+            "[23:20] -- flags of dev: topic-lock on, moderated off, invite-only off, "
+            "key s3cret, limit 20",
+            "[23:20] -- bans of dev: account:zed (zed)",
+            "[05:10] -- carol invites you to secret: type /join secret",
+            "[23:20] -- topic of elsewhere: (none)",
+            "[23:20] -- in qa: @zed, amy",
+        ])
+        self.assertEqual([c.label() for c in md.listing()], ["#lobby", "#dev"])
+
     def test_a_drop_keeps_the_rooms_listed_to_join_again(self):
         self.login()
         md = self.model
