@@ -631,6 +631,19 @@ class RoomsSessionTests(SessionTestCase):
                          ["#lobby", "#dev", "#ops"])
         self.assertTrue(all(c.joined for c in self.model.rooms()))
 
+    def test_room_option_instead_of_the_default_room(self):
+        self.model.add_room("dev")  # --room dev
+        self.assertEqual((self.model.room, self.model.topic_text()), ("dev", "(not joined)"))
+        proto, transport = self.open()
+        self.registered(proto)
+        self.assertEqual(self.sent(transport),
+                         ["/mode json", "/nick alice", "/join dev", "/part lobby"])
+        self.assertEqual(self.model.room, "dev")  # lobby never took the view
+        self.events(proto, ev("part", room="lobby", nick="alice", ts="t", reason="left"),
+                    ev("join", room="dev", nick="alice", ts="t"))
+        self.assertEqual([c.label() for c in self.model.listing()], ["#dev"])
+        self.assertEqual(self.model.status_text(), "Connected as alice in dev")
+
     def test_a_room_not_joined_again_can_be_parted_here(self):
         proto, transport = self.open()
         self.registered(proto)
