@@ -18,6 +18,7 @@ from .delivery.turn import Turn, TurnService
 from .errors import ChatError
 from .history import HISTORY_CAP, HistoryError
 from .history import lock as history_lock
+from .history import pg as history_pg
 from .history import schema as history_schema
 from .history.sqlite import SQLiteHistory
 from .hub import DEFAULT_MAX_ROOMS, DEFAULT_REPLAY, Hub
@@ -83,7 +84,8 @@ class Options(AuthOptionMixin, usage.Options):
         # History (docs/operations.rst, "Message history").
         ["db", None, "chat.sqlite",
          "SQLite file keeping the message history (created if missing); "
-         "':memory:' keeps history in memory only, lost at exit."],
+         "':memory:' keeps history in memory only, lost at exit; "
+         "postgresql://USER@HOST/DBNAME keeps it in PostgreSQL (needs the [cluster] extra)."],
         ["history", None, DEFAULT_REPLAY,
          f"Messages of a room replayed to a joiner (0 to {HISTORY_CAP}; 0: none).", int],
         ["history-days", None, None,
@@ -173,9 +175,12 @@ class Options(AuthOptionMixin, usage.Options):
         if days is not None and not days > 0:  # also refuses NaN
             raise usage.UsageError("--history-days must be a positive number of days")
         try:
-            history_schema.check(self["db"])
+            if history_pg.is_url(self["db"]):
+                history_pg.check(self["db"])
+            else:
+                history_schema.check(self["db"])
         except HistoryError as e:
-            raise usage.UsageError(f"cannot use --db {self['db']}: {e}")
+            raise usage.UsageError(f"cannot use --db {history_pg.describe(self['db'])}: {e}")
 
 
 def _guests(value, have_accounts: bool) -> bool:
@@ -222,8 +227,8 @@ def makeService(options) -> service.IService:
 
     checkers = options.get("credCheckers")
     accounts = Accounts(checkers, reactor) if checkers else None
-    store = _HistoryStore(options["db"], clock=reactor,
-                          retention_days=options["history-days"])
+    store_class = _PostgresStore if history_pg.is_postgres(options["db"]) else _HistoryStore
+    store = store_class(options["db"], clock=reactor, retention_days=options["history-days"])
     hub = Hub(
         server_name=options["server-name"],
         motd=options["motd"],
@@ -342,6 +347,23 @@ class _HistoryStore(SQLiteHistory):
             return result
 
         return super().stopService().addBoth(unlock)
+
+
+class _PostgresStore(history_pg.PostgresHistory):
+    """The PostgreSQL store as twistd runs it: a database that cannot be
+    reached or used at start ends the process with one clear log line and
+    exit status 1. Later outages fail the messages of the moment (not-stored)
+    and the store reconnects by itself."""
+
+    def startService(self):
+        where = history_pg.describe(self.path)
+        try:
+            super().startService()
+        except HistoryError as e:
+            log.critical("cannot use --db {path}: {reason}", path=where, reason=e)
+            raise SystemExit(1)
+        log.info("history: {where} (PostgreSQL, last id {last})", where=where,
+                 last=self.last_id_at_start)
 
 
 class _HistoryChatService(TurnService):
