@@ -178,28 +178,38 @@ def explain(error) -> str:
 
 # -- the store's operations (each on the thread that owns ``conn``) ----------
 
-_INSERT = (
-    "INSERT INTO messages (id, kind, room, room_name, nick, target, text, action, t)"
-    " SELECT %s + n - 1, kind, room, room_name, nick, target, text, action, t FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::boolean[], %s::float8[])"
-    " WITH ORDINALITY AS u(kind, room, room_name, nick, target, text, action, t, n)")
+# The whole batch in ONE statement, so in autocommit mode one transaction and
+# one round trip: the write thread waits for the network (without the GIL)
+# once per batch, and takes the GIL back once. Each round trip costs a wait
+# for the GIL the reactor holds while it is busy (up to the interpreter's
+# switch interval, 5 ms): BEGIN, UPDATE, INSERT, COMMIT as four statements
+# made the store 4 times slower under load (docs/performance.rst,
+# "PostgreSQL history"). The UPDATE locks message_ids' row until the commit,
+# so ids increase in commit order; a data-modifying WITH runs whether or
+# not the query reads it.
+_WRITE = (
+    "WITH ids AS (UPDATE message_ids SET last = last + %(n)s RETURNING last - %(n)s AS first),"
+    " inserted AS (INSERT INTO messages"
+    " (id, kind, room, room_name, nick, target, text, action, t)"
+    " SELECT ids.first + u.n, u.kind, u.room, u.room_name, u.nick, u.target, u.text,"
+    " u.action, u.t FROM ids, unnest(%(kind)s::text[], %(room)s::text[],"
+    " %(room_name)s::text[], %(nick)s::text[], %(target)s::text[], %(text)s::text[],"
+    " %(action)s::boolean[], %(t)s::float8[])"
+    " WITH ORDINALITY AS u(kind, room, room_name, nick, target, text, action, t, n))"
+    " SELECT first + 1 FROM ids")
 
 
 def write_batch(conn, rows: List[tuple]) -> int:
-    """One transaction for the batch; returns the first row's id (an empty
-    batch only checks that the database answers)."""
-    with conn.transaction():
-        if not rows:
-            return conn.execute("SELECT last + 1 FROM message_ids").fetchone()[0]
-        last = conn.execute("UPDATE message_ids SET last = last + %s RETURNING last",
-                            (len(rows),)).fetchone()[0]
-        first = last - len(rows) + 1
-        kinds, rooms, names, nicks, targets, texts, actions, times = zip(*rows)
-        conn.execute(_INSERT, (first, list(kinds), list(rooms), list(names), list(nicks),
-                               list(targets), list(texts), [bool(a) for a in actions],
-                               [float(t) for t in times]))
-    return first
+    """One transaction (one statement, in autocommit mode) for the batch;
+    returns the first row's id (an empty batch only checks that the
+    database answers)."""
+    if not rows:
+        return conn.execute("SELECT last + 1 FROM message_ids").fetchone()[0]
+    kinds, rooms, names, nicks, targets, texts, actions, times = zip(*rows)
+    return conn.execute(_WRITE, {
+        "n": len(rows), "kind": list(kinds), "room": list(rooms), "room_name": list(names),
+        "nick": list(nicks), "target": list(targets), "text": list(texts),
+        "action": [bool(a) for a in actions], "t": [float(t) for t in times]}).fetchone()[0]
 
 
 def save_room(conn, fields: tuple) -> None:
