@@ -331,10 +331,13 @@ class _Link:
 
 
 def _hung_up(conn) -> bool:
-    """Whether an idle connection has something to read (it should not)."""
+    """Whether an idle connection has something to read (it should not).
+    poll, not select: a busy server's descriptors go past select's 1024."""
     try:
-        return bool(select.select([conn.fileno()], [], [], 0)[0])
-    except (OSError, ValueError, Exception):
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except Exception:  # no descriptor any more
         return True
 
 

@@ -58,24 +58,32 @@ def run_one(kind, url, total, burst, size, in_flight):
         pg.OPERATIONS["write"] = timed
     store.startService()
     text = "x" * size
-    state = {"sent": 0, "done": 0, "last": 0, "batches": 0}
+    state = {"sent": 0, "done": 0, "last": 0, "batches": 0, "blocked": False}
     window = 20 * burst
 
     def done(msg_id):
         state["done"] += 1
         state["last"] = msg_id
-
-    def turn():
-        if state["sent"] < total and state["sent"] - state["done"] < window:
-            t = time.time()
-            for _ in range(min(burst, total - state["sent"])):
-                store.append(room_message("lobby", "lobby", "bench", text, t), done)
-                state["sent"] += 1
-        if state["done"] < total:
+        if state["blocked"] and state["sent"] - state["done"] < window:
+            state["blocked"] = False
             reactor.callLater(0, turn)
-        else:
+        elif state["done"] == total:
             state["took"] = time.perf_counter() - started
             store.stopService().addBoth(lambda _: reactor.stop())
+
+    def turn():
+        # One reactor turn's worth of accepted messages, then the next turn;
+        # with a full window of messages waiting for their commit, the
+        # reactor sleeps (as a server's does) until the commits come back.
+        if state["sent"] - state["done"] >= window:
+            state["blocked"] = True
+            return
+        t = time.time()
+        for _ in range(min(burst, total - state["sent"])):
+            store.append(room_message("lobby", "lobby", "bench", text, t), done)
+            state["sent"] += 1
+        if state["sent"] < total:
+            reactor.callLater(0, turn)
 
     def batch(seconds, count):
         state["batches"] += 1
