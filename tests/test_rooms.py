@@ -177,7 +177,10 @@ class TopicAndModerationTests(ServerTestCase):
         bob.send("/part priv")
         bob.expect_event("part", room="priv")
         carol.send("/join priv wrong", "/join priv s3cret")
-        self.assertEqual(carol.expect_event("error")["code"], "bad-key")
+        error = carol.expect_event("error")
+        # The core says what is wrong; the line face adds its command.
+        self.assertEqual((error["code"], error["message"]),
+                         ("bad-key", "priv needs its key: /join ROOM KEY"))
         carol.expect_event("names", room="priv")
 
     def test_bad_arguments_are_usage_errors(self):

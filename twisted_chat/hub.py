@@ -361,8 +361,7 @@ class Hub:
     def check_guest(self, member: Member) -> None:
         """Raise login-required if ``member`` may not yet do anything others see."""
         if not self.may_appear(member):
-            raise ChatError("login-required",
-                            "this server has no guests: /login NAME PASSWORD first")
+            raise ChatError("login-required", "this server has no guests: log in first")
 
     def register(self, member: Member) -> None:
         """Announce the member: it joins the default room, once (and not as
@@ -412,7 +411,7 @@ class Hub:
             raise ChatError("nick-taken", f"the nick {nick} is taken")
         if key != member.account and self.reserved(key):
             raise ChatError("nick-reserved", f"the nick {nick} belongs to an account; "
-                            "its owner uses /login")
+                            "its owner logs in to use it")
         if nick == member.nick:
             self.send(member, Event("info", {"message": f"you are already {nick}"}))
             return
@@ -467,7 +466,7 @@ class Hub:
             return
         if len(member.rooms) >= self.max_rooms:
             raise ChatError("too-many-rooms", f"you are in {len(member.rooms)} rooms, the "
-                            "most allowed; /part one first")
+                            "most allowed; leave one first")
         if room is None:
             room = self._room(name)
         try:
@@ -488,11 +487,11 @@ class Hub:
         invited = member in room.invited
         if room.invite_only and not invited:
             raise ChatError("invite-only", f"{room.name} is invite-only: an operator can "
-                            f"/invite you")
+                            "invite you")
         if room.limit is not None and len(room.members) >= room.limit:
             raise ChatError("room-full", f"{room.name} is full ({room.limit} members)")
         if room.password is not None and key != room.password and not invited:
-            raise ChatError("bad-key", f"{room.name} needs its key: /join {room.name} KEY")
+            raise ChatError("bad-key", f"{room.name} needs its key")
 
     def _join(self, member: Member, room: Room, key: Optional[str]) -> None:
         first = not room.members
@@ -693,8 +692,7 @@ class Hub:
                 self._save(room)
                 self._mode(member, room, "ban", False, nick=ban[1])
                 return
-        raise ChatError("no-such-ban", f"{room.name} has no ban {entry}; /ban {room.name} "
-                        "lists them")
+        raise ChatError("no-such-ban", f"{room.name} has no ban {entry}")
 
     def invite(self, member: Member, nick: str, name: str) -> None:
         room = self._existing(name)
@@ -778,7 +776,7 @@ class Hub:
         """The room ``name`` (or the active one) if the member is in it."""
         if name is None:
             if member.active is None:
-                raise ChatError("not-in-room", "you are in no room: /join ROOM first")
+                raise ChatError("not-in-room", "you are in no room: join one first")
             return member.active
         room = self._existing(name)
         if room not in member.rooms:

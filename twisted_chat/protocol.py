@@ -287,6 +287,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.outlet.close(bye)
 
     def _reply_error(self, code, message):
+        hint = _HINTS.get(code)
+        if hint is not None:
+            message = hint(message)
         self._reply(events.error(code, message))
 
     def _reply(self, event):
@@ -297,6 +300,18 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         else:
             self.deliver(event)
 
+
+# The core's refusals say what is wrong in no face's words; this face adds
+# which of its commands helps.
+_HINTS = {
+    "login-required": lambda m: m.replace("log in first", "/login NAME PASSWORD first"),
+    "nick-reserved": lambda m: m.replace("logs in to use it", "uses /login"),
+    "too-many-rooms": lambda m: m.replace("leave one first", "/part one first"),
+    "invite-only": lambda m: m.replace("can invite you", "can /invite you"),
+    "bad-key": lambda m: m + ": /join ROOM KEY",
+    "no-such-ban": lambda m: m + "; /ban ROOM lists them",
+    "not-in-room": lambda m: m.replace("join one first", "/join ROOM first"),
+}
 
 # Commands that shape only the connection's own session: allowed before a
 # login on a server without guests.
