@@ -7,6 +7,7 @@ These check that the load generator counts and times deliveries correctly
 import io
 import json
 import os
+import socket
 import tempfile
 from contextlib import redirect_stdout
 
@@ -105,6 +106,23 @@ class CLoadGeneratorTests(SynchronousTestCase):
         self.assertEqual(len(raw["samples"]), 2 * 20)
 
 
+class PrefillTests(SynchronousTestCase):
+    def test_a_joiner_gets_the_prefilled_history(self):
+        server = OurServer(prefill=3).start()
+        self.addCleanup(server.stop)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"/join lobby\r\n")
+        data = b""
+        while b"-- end of history" not in data:
+            chunk = sock.recv(65536)
+            self.assertTrue(chunk, data)
+            data += chunk
+        replayed = [line for line in data.split(b"\r\n") if b"replayed to every joiner" in line]
+        self.assertEqual(len(replayed), 3, data)
+        self.assertTrue(replayed[2].endswith(b"#2"), replayed)
+
+
 class CompilerMissingTests(SynchronousTestCase):
     def test_no_compiler_is_a_clear_error(self):
         old = os.environ.get("CC")
@@ -119,6 +137,15 @@ class CompilerMissingTests(SynchronousTestCase):
 class CommandLineTests(SynchronousTestCase):
     def test_custom_scenario_reports_ratios_and_json(self):
         self.run_custom([])
+
+    def test_prefilled_history_and_peak_memory_per_connection(self):
+        results = self.run_custom(["--prefill", "7"])["scenarios"]["custom"]["results"]
+        self.assertEqual(results["ours"]["prefill"], 7)
+        for kind in ("ours", "bare"):
+            r = results[kind]
+            self.assertAlmostEqual(r["kb_per_connection_hwm"], r["rss_hwm_kb"] / 5)
+        self.assertIn("KB per connection, history replay of 7 messages to every joiner",
+                      self.text)
 
     def test_the_python_generator_on_request(self):
         results = self.run_custom(["--generator", "python"])
@@ -139,7 +166,7 @@ class CommandLineTests(SynchronousTestCase):
         with redirect_stdout(out):
             cli.main(["--members", "5", "--senders", "1", "--rate", "20", "--duration", "0.5",
                       "--json", path] + extra)
-        text = out.getvalue()
+        text = self.text = out.getvalue()
         self.assertIn("RATIO ours/bare p99", text)
         if "metrics" in " ".join(extra):
             self.assertIn("RATIO metrics-on/off server CPU per delivery", text)

@@ -22,8 +22,11 @@ SCENARIOS = {
     # Two generator processes: 10,000 receiving sockets are more than one
     # Python process reads in time.
     # max_p99_ms: issue 7's target for this scenario (default: MAX_P99_MS).
+    # prefill: messages in the room's history before anybody joins, so that
+    # every joiner gets a full replay (the server's default --history, 50),
+    # as on a server that has been in use; peak memory is measured that way.
     "10k": dict(members=10000, senders=10, sweep=False, rate=10.0, workers=2, duration=5.0,
-                max_p99_ms=100.0),
+                max_p99_ms=100.0, prefill=50, max_kb_per_connection=10.0),
 }
 MAX_P99_MS = 250.0
 
@@ -81,10 +84,11 @@ class Subject:
 
     def setup(self):
         kind, sc, args = self.kind, self.sc, self.args
+        prefill = args.prefill if args.prefill is not None else sc.get("prefill", 0)
         if kind == "ours":
-            server = OurServer(args.server_arg)
+            server = OurServer(args.server_arg, prefill=prefill)
         elif kind == "metrics":
-            server = MetricsServer(args.server_arg)
+            server = MetricsServer(args.server_arg, prefill=prefill)
         else:
             server = BareServer()
         server = self.server = server.start()
@@ -98,6 +102,7 @@ class Subject:
         gen.settle(timeout=args.connect_timeout)
         rss_idle = server.status("VmRSS") or 0
         self.result.update(
+            prefill=prefill if kind != "bare" else 0,
             connect_seconds=conn["seconds"], registered=conn["registered"],
             connect_errors=conn["errors"], rss_empty_kb=rss_empty, rss_idle_kb=rss_idle,
             rss_connect_peak_kb=sampler.peak,
@@ -127,11 +132,20 @@ class Subject:
                 continue
             break
         self.result["steps"].append(step)
-        self.result["rss_hwm_kb"] = server.status("VmHWM")
+        self.peak_memory()
         self.active = sc["sweep"] and step["ok"]
         return self.active
 
+    def peak_memory(self):
+        """The server's peak RSS so far (VmHWM), and per connection."""
+        hwm = self.server.status("VmHWM")
+        if hwm:
+            self.result["rss_hwm_kb"] = hwm
+            self.result["kb_per_connection_hwm"] = hwm / max(self.sc["members"], 1)
+
     def close(self):
+        if self.server is not None:
+            self.peak_memory()  # the steps are over, the server still runs
         if self.gen is not None:
             self.gen.close()
         if self.server is not None:
@@ -230,6 +244,17 @@ def report(name, sc, results, out):
         if r and "connect_seconds" in r:
             out(f"  {r['server']:>7} connect {r['registered']}/{sc['members']} in "
                 f"{r['connect_seconds']:.2f} s; {r['kb_per_idle_connection']:.1f} KB/idle conn")
+    for r in (ours, on, bare):
+        if r and "kb_per_connection_hwm" in r:
+            limit = sc.get("max_kb_per_connection")
+            target = ""
+            if limit is not None and r["server"] == "ours":
+                met = r["kb_per_connection_hwm"] <= limit
+                target = f" (<= {limit:.0f} KB: {'met' if met else 'NOT met'})"
+            history = (f", history replay of {r['prefill']} messages to every joiner"
+                       if r.get("prefill") else "")
+            out(f"  {r['server']:>7} peak memory (VmHWM) {r['rss_hwm_kb'] / 1024:.1f} MB = "
+                f"{r['kb_per_connection_hwm']:.1f} KB per connection{target}{history}")
 
 
 def main(argv=None):
@@ -270,6 +295,10 @@ def main(argv=None):
     p.add_argument("--probes", type=int, default=16,
                    help="connections that parse timestamps for latency (16)")
     p.add_argument("--pad", type=int, default=32, help="message filler bytes (32)")
+    p.add_argument("--prefill", type=int, metavar="N",
+                   help="messages in the room's history before the members join (each "
+                        "joiner gets them replayed); default: the scenario's (50 for 10k, "
+                        "else 0)")
     p.add_argument("--connect-rate", type=float, default=2000.0, help="connections/s (2000)")
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")

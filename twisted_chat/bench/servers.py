@@ -121,11 +121,41 @@ OUR_DEFAULT_ARGS = ["--rate", "100000", "--burst", "100000", "--max-per-ip", "0"
                     "--max-clients", "15000"]
 
 
+# Replayed history: filler lines of a typical chat line's length.
+PREFILL_TEXT = "a line of earlier conversation, replayed to every joiner of the room #{}"
+
+
+def prefill_history(path, room, count, text=PREFILL_TEXT):
+    """Write ``count`` messages said in ``room`` into the history database
+    at ``path`` (created if needed), so that every joiner gets a replay."""
+    from twisted_chat.commands import fold
+    from twisted_chat.history import schema, writer
+    from twisted_chat.history.interface import room_message
+
+    conn = schema.connect(path)
+    try:
+        now = time.time() - count
+        writer.write_batch(conn, [room_message(fold(room), room, f"earlier{i % 7}",
+                                               text.format(i), now + i)
+                                  for i in range(count)])
+    finally:
+        conn.close()
+
+
 class OurServer(ServerProcess):
-    """``twistd -n chat`` on an ephemeral loopback port; ``extra_args`` go to ``chat``."""
+    """``twistd -n chat`` on an ephemeral loopback port; ``extra_args`` go to ``chat``.
+
+    ``prefill``: messages written into its history (``chat.sqlite`` in its
+    directory) before it starts, said in each room of ``rooms``.
+    """
 
     name = "ours"
     listening = re.compile(r"chat listening on tcp:(\d+)")
+
+    def __init__(self, extra_args=(), prefill=0, rooms=("lobby",)):
+        super().__init__(extra_args)
+        for room in rooms if prefill else ():
+            prefill_history(os.path.join(self.dir, "chat.sqlite"), room, prefill)
 
     def command(self):
         return twistd_command() + [
@@ -142,8 +172,9 @@ class MetricsServer(OurServer):
     name = "metrics"
     metrics_listening = re.compile(r"metrics listening on tcp:(\d+)")
 
-    def __init__(self, extra_args=(), scrape_interval=1.0):
-        super().__init__(["--metrics", "tcp:0:interface=127.0.0.1"] + list(extra_args))
+    def __init__(self, extra_args=(), scrape_interval=1.0, prefill=0):
+        super().__init__(["--metrics", "tcp:0:interface=127.0.0.1"] + list(extra_args),
+                         prefill=prefill)
         self.scrape_interval = scrape_interval
         self.metrics_port = None
         self.scrapes = 0
