@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_chat.commands import parse
 from twisted_chat.errors import ChatError
+from twisted_chat.history import sqlite as store_module
 from twisted_chat.history.sqlite import SQLiteHistory
 from twisted_chat.hub import Hub
 from twisted_chat.protocol import ChatFactory
@@ -308,3 +309,18 @@ class InputPressureTests(HistoryHubTestCase):
         self.factory.turn.resume_input()
         self.assertEqual([c.transport.producerState for c in (alice, late)],
                          ["producing", "producing"])
+
+    def test_lines_already_read_wait_while_input_is_paused(self):
+        # The store pauses input in the middle of a read: the rest of that
+        # read stays raw, handled only when input resumes, in order.
+        alice, bob = self.connect("alice"), self.connect("bob")
+        self.store.on_pressure(self.factory.turn.pause_input, self.factory.turn.resume_input)
+        self.patch(store_module, "HIGH_WATER", 1)  # the first line pauses input
+        self.say(alice, "one", "two", "three")
+        self.assertEqual(self.store._waiting, 1)
+        self.assertTrue(alice.proto.paused)
+        self.patch(store_module, "HIGH_WATER", 1 << 20)
+        self.commit()  # "one" written: resumed; "two" and "three" follow
+        self.assertEqual([e.get("text") for e in bob.events()], ["one", "two", "three"])
+        self.assertFalse(alice.proto.paused)
+        self.assertEqual(alice.transport.producerState, "producing")

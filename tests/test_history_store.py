@@ -7,6 +7,7 @@ reactor by a Clock, so each step (end of turn, commit, callbacks) is visible.
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 
 from twisted.internet.defer import Deferred
@@ -191,8 +192,9 @@ class GroupCommitTests(StoreTestCase):
         self.assertEqual(sizes, [3, 2])  # 3 x (400 + 64) >= 1000
 
     def test_input_is_paused_while_too_much_waits_for_the_writer(self):
-        self.patch(store_module, "HIGH_WATER", 4)
-        self.patch(store_module, "LOW_WATER", 2)
+        cost = sys.getsizeof("m0") + store_module.MESSAGE_COST  # every text here: 2 chars
+        self.patch(store_module, "HIGH_WATER", 4 * cost)
+        self.patch(store_module, "LOW_WATER", 2 * cost)
         self.patch(store_module, "MAX_BATCH", 2)
         store, runner = self.open()
         calls = []
@@ -206,6 +208,22 @@ class GroupCommitTests(StoreTestCase):
         runner.run_one()  # 2 wait now: resume
         self.assertEqual(calls, ["pause", "resume"])
         runner.run_all()
+
+    def test_the_bound_on_waiting_messages_is_in_bytes(self):
+        # Many short messages fit under the bound where a few long ones do not.
+        self.patch(store_module, "HIGH_WATER", 40 * 1024)
+        store, runner = self.open()
+        calls = []
+        store.on_pressure(lambda: calls.append("pause"), lambda: calls.append("resume"))
+        for i in range(60):
+            store.append(message(f"short {i}"), lambda _: None)
+        self.assertEqual(calls, [])  # 60 x ~570 bytes
+        for i in range(8):
+            store.append(message(f"{i}" + "y" * 4095), lambda _: None)
+        self.assertEqual(calls, ["pause"])  # 34 KB + 8 x ~4.6 KB > 40 KiB
+        self.clock.advance(0)
+        runner.run_all()
+        self.assertEqual(calls, ["pause", "resume"])
 
     def test_ids_survive_reopening_and_pruning_never_reuses_them(self):
         store, runner = self.open()

@@ -145,9 +145,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     # -- input ---------------------------------------------------------------
 
     def dataReceived(self, data):
+        """Bytes from the peer; ``b""`` (from ``resumeProducing``) handles the
+        lines left unhandled while input was paused."""
         if self.member is None:
             return  # closing (or refused): input is moot
-        if self.timeOut is not None:
+        if data and self.timeOut is not None:
             self.resetTimeout()
         if self._discarding:
             end = data.find(b"\n")
@@ -155,9 +157,22 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 return
             self._discarding = False
             data = data[end + 1:]
-        while data:
+        while True:
             super().dataReceived(data)
             data, self._overflow = self._overflow, None
+            if not data:
+                break
+
+    def pause_input(self):
+        """History back-pressure (the Turn, through the outlet): stop reading,
+        and stop handling lines at once, even in the middle of a read. The
+        rest of what was read waits raw in the line buffer (at most one read)
+        instead of becoming more messages for the store to hold."""
+        self.pauseProducing()  # LineReceiver's: both
+
+    def resume_input(self):
+        if self.paused:
+            self.resumeProducing()  # handles the buffered lines, then reads
 
     def lineLengthExceeded(self, line):
         # LineReceiver hands us the long line plus everything buffered after

@@ -13,9 +13,19 @@ the end minus its RSS before the flood. ``--max-backlog 1G`` stands in for
 Latency: a paced flood (``--pace`` messages/s) to a reader, once without and
 once with a stalled client in the room; the reader's delivery latency
 percentiles should match.
+
+Overload (issue 12): ``--overload-clients`` clients in one room, history on
+(the default SQLite file), each flooding ``--overload-messages`` lines of
+the longest length accepted (``--max-line``, 4096 bytes) as fast as the
+server reads them, while every one of them reads everything it is sent.
+Messages wait in the server's memory until their group commit; the history
+store pauses input when they hold more than its bound in bytes. The figure
+is the server's peak RSS (VmHWM), and its growth over the RSS before the
+flood.
 """
 
 import argparse
+import selectors
 import socket
 import threading
 import time
@@ -175,6 +185,80 @@ def latency_run(pace, seconds, with_stalled, out):
         server.stop()
 
 
+MAX_LINE = 4096  # twistd chat's default --max-line
+
+
+def overload_run(clients, messages, out, size=MAX_LINE, timeout=300.0):
+    """``clients`` members each flood ``messages`` lines of ``size`` bytes
+    into one room with history on, reading everything they are sent."""
+    server = OurServer(["--rate", "0", "--max-per-ip", "0"]).start()
+    socks = []
+    try:
+        for i in range(clients):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(f"/nick flood{i}\r\n".encode())
+            socks.append(sock)
+        counts = [0] * clients
+        ready = [False] * clients
+        done = threading.Event()
+        expected = messages * (clients - 1)  # text mode: no echo of one's own
+
+        def read_all():
+            sel = selectors.DefaultSelector()
+            for i, sock in enumerate(socks):
+                sel.register(sock, selectors.EVENT_READ, i)
+            tails = [b""] * clients
+            while not done.is_set():
+                for key, _ in sel.select(0.2):
+                    i = key.data
+                    try:
+                        data = key.fileobj.recv(1 << 18)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        continue
+                    if not ready[i]:
+                        tails[i] += data
+                        ready[i] = b"-- in lobby:" in tails[i]
+                    counts[i] += data.count(b"\n")
+            sel.close()
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        _wait(lambda: all(ready), 30, "registration")
+        time.sleep(0.5)  # the joins are through: from now on every line is a message
+        counts[:] = [0] * clients
+        before = server.status("VmRSS")
+        flood = (b"z" * size + b"\n") * messages
+        started = time.monotonic()
+        senders = [threading.Thread(target=sock.sendall, args=(flood,), daemon=True)
+                   for sock in socks]
+        for t in senders:
+            t.start()
+        try:
+            _wait(lambda: min(counts) >= expected, timeout, "every client to get every message")
+        finally:
+            done.set()
+        took = time.monotonic() - started
+        hwm = server.status("VmHWM")
+        paused = sum("pausing input" in line for line in list(server.tail))
+        cut = _seen(server, "slow consumer")
+        total = clients * messages
+        out(f"  {clients} clients x {messages} lines of {size} B ({total * size / 1e6:.0f} MB in, "
+            f"{total * size * (clients - 1) / 1e6:.0f} MB out), history on: "
+            f"RSS before {before / 1024:.1f} MiB, peak (VmHWM) {hwm / 1024:.1f} MiB, "
+            f"growth {(hwm - before) / 1024:.1f} MiB  [{took:.1f} s; {total / took:.0f} msgs/s; "
+            f"input paused {paused} time(s) (last 50 log lines); "
+            f"{'a client was cut off' if cut else 'nobody cut off'}]")
+        return {"rss_before_kib": before, "hwm_kib": hwm, "growth_kib": hwm - before,
+                "seconds": took, "cut_off": cut}
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m twisted_chat.bench.memory", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,11 +270,21 @@ def main(argv=None):
     ap.add_argument("--pace", type=int, default=1000, help="latency runs: messages/s")
     ap.add_argument("--seconds", type=float, default=3.0, help="latency runs: duration")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--overload-clients", type=int, default=20,
+                    help="overload: clients flooding max-length lines (default 20; 0: skip)")
+    ap.add_argument("--overload-messages", type=int, default=1000,
+                    help="overload: lines each client floods (default 1000)")
+    ap.add_argument("--only-overload", action="store_true", help="run the overload case only")
     args = ap.parse_args(argv)
 
     def out(line):
         print(line, flush=True)
 
+    if args.overload_clients:
+        out("Peak server RSS under a flood of max-length lines, history on:")
+        overload_run(args.overload_clients, args.overload_messages, out)
+    if args.only_overload:
+        return
     out("Peak server RSS growth with one stalled reader and a flood:")
     for backlog in [int(b) for b in args.backlogs.split(",")]:
         for n in [int(m) for m in args.messages.split(",")]:

@@ -241,6 +241,26 @@ class Outlet:
                     sink.output.transport.write(data[k:] if k else data)
                     sink._express()
 
+    # -- input back-pressure (the Turn calls these) ---------------------------
+
+    def pause_input(self) -> None:
+        """Stop taking input: the face's ``pause_input()`` if it has one (a
+        face that also stops handling what it has already read, so that the
+        rest of a read does not become more messages), else the transport
+        stops reading."""
+        pause = getattr(self.face, "pause_input", None)
+        if pause is not None:
+            pause()
+        else:
+            self.transport.pauseProducing()
+
+    def resume_input(self) -> None:
+        resume = getattr(self.face, "resume_input", None)
+        if resume is not None:
+            resume()
+        else:
+            self.transport.resumeProducing()
+
     # -- the end ---------------------------------------------------------------
 
     def refuse(self, event) -> None:

@@ -97,7 +97,7 @@ class Turn:
             return refused
         self.connections[outlet] = host
         if self.input_paused:
-            outlet.transport.pauseProducing()
+            outlet.pause_input()
         return None
 
     def release(self, outlet) -> None:
@@ -138,15 +138,19 @@ class Turn:
 
     def pause_input(self) -> None:
         """Stop reading from every connection: the history store is behind
-        (it calls this through its ``on_pressure``) and catches up meanwhile."""
+        (it calls this through its ``on_pressure``) and catches up meanwhile.
+        Each connection stops at once, in the middle of a read if need be
+        (:meth:`Outlet.pause_input`)."""
         self.input_paused = True
         for outlet in self.connections:
-            outlet.transport.pauseProducing()
+            outlet.pause_input()
 
     def resume_input(self) -> None:
         self.input_paused = False
         for outlet in list(self.connections):
-            outlet.transport.resumeProducing()
+            if self.input_paused:
+                break  # what a connection had read filled the store again
+            outlet.resume_input()
 
     # -- shutdown ----------------------------------------------------------------
 

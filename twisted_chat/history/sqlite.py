@@ -34,6 +34,7 @@ import os
 import sqlite3
 import sys
 import time
+from sys import getsizeof
 from collections import deque
 from typing import Callable, List, Optional
 
@@ -55,10 +56,17 @@ from .interface import TEXT, HistoryError, IHistoryStore, IRoomStore, RoomRecord
 # and a reader that keeps up is never mistaken for a slow consumer.
 MAX_BATCH = 2000
 MAX_BATCH_BYTES = 64 * 1024
-# Back-pressure: when this many messages wait for the writer, input is paused
-# (``on_pressure``) until the backlog is down to LOW_WATER.
-HIGH_WATER = 20000
-LOW_WATER = 5000
+# Back-pressure, in bytes of the server's memory: when the messages waiting
+# for the writer (appended, not yet answered) hold more than HIGH_WATER, input
+# is paused (``on_pressure``) until they are down to LOW_WATER. A waiting
+# message costs its text (``sys.getsizeof``: up to 4 bytes a character) plus
+# MESSAGE_COST for the objects that carry it until its commit: its record and
+# callbacks here, the hub's ``_Said`` and queue entry (measured: 440 bytes).
+# 10 MiB is about 20,000 short messages (what used to be the bound, by count)
+# or 2,300 of 4 KiB: with max-length lines, the count bound let ~90 MB wait.
+HIGH_WATER = 10 * 1024 * 1024
+LOW_WATER = HIGH_WATER // 4
+MESSAGE_COST = 512
 MAX_IN_FLIGHT = 4  # batches handed to the writer process before its reply
 PRUNE_CHUNK = 5000  # rows per pruning transaction: writes interleave between chunks
 PRUNE_INTERVAL = 3600.0  # seconds between retention passes
@@ -247,6 +255,7 @@ class SQLiteHistory(Service):
         self._appended = 0
         self._sent = 0
         self._waiting = 0  # appended, neither done nor failed yet
+        self._waiting_bytes = 0  # their cost in memory (see HIGH_WATER)
         self._idle: List[Deferred] = []  # drain() waiters
         self._pruner = None
         self._pressure = None  # (pause, resume) callables
@@ -317,8 +326,9 @@ class SQLiteHistory(Service):
     # -- writing ---------------------------------------------------------------
 
     def on_pressure(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
-        """Call ``pause()`` when too many messages wait for the writer, and
-        ``resume()`` when it has caught up (the server stops reading input)."""
+        """Call ``pause()`` when the messages waiting for the writer hold more
+        than HIGH_WATER bytes, and ``resume()`` once they are down to LOW_WATER
+        (the server stops reading input meanwhile)."""
         self._pressure = (pause, resume)
 
     def append(self, record: tuple, done: Callable[[int], None],
@@ -327,10 +337,11 @@ class SQLiteHistory(Service):
         self._callbacks.append((done, failed))
         self._appended += 1
         self._waiting += 1
-        if self._waiting > HIGH_WATER and not self._paused and self._pressure:
+        self._waiting_bytes += getsizeof(record[TEXT]) + MESSAGE_COST
+        if self._waiting_bytes > HIGH_WATER and not self._paused and self._pressure:
             self._paused = True
-            self.log.info("history: {n} messages wait for the disk; pausing input",
-                          n=self._waiting)
+            self.log.info("history: {n} messages ({mib:.1f} MiB) wait for the disk; "
+                          "pausing input", n=self._waiting, mib=self._waiting_bytes / 1048576)
             self._pressure[0]()
         if self._flush_call is None and self._in_flight < self._max_in_flight:
             # End of this reactor turn: everything appended until then is one batch.
@@ -349,10 +360,12 @@ class SQLiteHistory(Service):
     def _send_batch(self):
         # A batch stops before the first save waiting for it to be sent.
         most = self._saves[0][0] - self._sent if self._saves else MAX_BATCH
-        count, size = 0, 0
+        count, size, cost = 0, 0, 0
         for row in self._rows:
             count += 1
-            size += len(row[TEXT]) + 64  # text plus the event's framing
+            text = row[TEXT]
+            size += len(text) + 64  # text plus the event's framing
+            cost += getsizeof(text) + MESSAGE_COST
             if count >= most or count >= MAX_BATCH or size >= MAX_BATCH_BYTES:
                 break
         self._sent += count
@@ -369,7 +382,7 @@ class SQLiteHistory(Service):
             d = self._runner(self._write, rows)
         d.addCallbacks(self._written, self._write_failed,
                        callbackArgs=(callbacks,), errbackArgs=(callbacks,))
-        d.addBoth(self._batch_over, len(callbacks), time.perf_counter())
+        d.addBoth(self._batch_over, len(callbacks), cost, time.perf_counter())
 
     def _write(self, rows):
         """The runner's thread: the batch in one transaction; the first id."""
@@ -396,12 +409,13 @@ class SQLiteHistory(Service):
                 except Exception:
                     self.log.failure("reporting a message that was not stored")
 
-    def _batch_over(self, _, count, started=None):
+    def _batch_over(self, _, count, cost, started=None):
         if started is not None and self.observe_batch is not None:
             self.observe_batch(time.perf_counter() - started, count)
         self._in_flight -= 1
         self._waiting -= count
-        if self._paused and self._waiting <= LOW_WATER:
+        self._waiting_bytes -= cost
+        if self._paused and self._waiting_bytes <= LOW_WATER:
             self._paused = False
             self._pressure[1]()
         if self._rows or self._saves:
@@ -471,7 +485,7 @@ class SQLiteHistory(Service):
             result.errback(outcome)
         else:
             result.callback(None)
-        self._batch_over(None, 0)
+        self._batch_over(None, 0, 0)
 
     def load_rooms(self) -> Deferred:
         """Every kept room: a Deferred of {folded key: RoomRecord}."""
