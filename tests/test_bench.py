@@ -93,6 +93,21 @@ class CLoadGeneratorTests(SynchronousTestCase):
     def test_bare_baseline(self):
         self.run_small(BareServer(), register=False)
 
+    def test_rooms_on_the_bare_baseline(self):
+        # 12 members, each in 2 of 4 rooms: 6 members a room; each message
+        # is expected 5 times.
+        server = BareServer().start()
+        self.addCleanup(server.stop)
+        gen = cgen.CLoadGenerator(members=12, senders=3, rooms=(4, 2))
+        self.addCleanup(gen.close)
+        self.assertEqual(gen.connect(server.port, rate=500, register=False,
+                                     timeout=15)["registered"], 12)
+        gen.settle(quiet=0.2, timeout=10)
+        raw = gen.run(rate=40, duration=0.5, drain_quiet=0.3)
+        self.assertEqual((raw["sent"], raw["fanout"], raw["errors"]), (20, 6, 0))
+        self.assertEqual(raw["received"], 20 * 5)
+        self.assertEqual(len(raw["samples"]), 20 * 5)
+
     def test_deferred_reads_count_everything_and_sample_probes_only(self):
         server = OurServer().start()
         self.addCleanup(server.stop)

@@ -1,8 +1,10 @@
 """The bare baseline: a LineReceiver that broadcasts every line to everybody else.
 
-No nicks, rooms, parsing, rendering or limits: one ``sendLine`` (one Python
-call and one ``transport.write``) per delivery, which is what a plain Twisted
-chat server pays. The benchmark measures it with the same parameters, in the
+No nicks, parsing, rendering or limits: one ``sendLine`` (one Python call and
+one ``transport.write``) per delivery, which is what a plain Twisted chat
+server pays. For the several-rooms scenario it knows rooms and nothing more:
+``/join ROOM`` adds the connection to ROOM (answered ``-- in ROOM:``), and
+``/say ROOM TEXT`` sends TEXT to ROOM's other members. The benchmark measures it with the same parameters, in the
 same run, as the server under test and reports ratios to it.
 
     python -m twisted_chat.bench.baseline --port 0   # prints "listening on PORT"
@@ -26,12 +28,28 @@ class BareBroadcast(LineReceiver):
 
     def connectionLost(self, reason):
         self.factory.clients.pop(self, None)
+        for room in self.factory.rooms.values():
+            room.pop(self, None)
 
     def lineReceived(self, line):
         # The line keeps its CR, if any; sendLine adds the LF back.
+        if line[:1] == b"/":
+            return self.command(line)
         for client in self.factory.clients:
             if client is not self:
                 client.sendLine(line)
+
+    def command(self, line):
+        verb, _, rest = line.partition(b" ")
+        if verb == b"/say":
+            name, _, text = rest.partition(b" ")
+            for client in self.factory.rooms.get(name, ()):
+                if client is not self:
+                    client.sendLine(text)
+        elif verb == b"/join":
+            name = rest.rstrip(b"\r")
+            self.factory.rooms.setdefault(name, {})[self] = None
+            self.sendLine(b"-- in " + name + b":\r")
 
 
 class BareFactory(Factory):
@@ -39,6 +57,7 @@ class BareFactory(Factory):
 
     def __init__(self):
         self.clients = {}
+        self.rooms = {}  # name -> {client: None}
 
 
 def raise_fd_limit():

@@ -11,8 +11,14 @@
  *   run RATE DURATION PAD QUIET MAX PROBES FILE -> {"sent":..,"received":..,...}
  *   quit
  *
- * Usage: cgen MEMBERS SENDERS. Senders are members 0, step, 2*step, ... with
- * step = MEMBERS / SENDERS (as loadgen.py). With PROBES = 0 every receiving
+ * Usage: cgen MEMBERS SENDERS [ROOMS PER]. Senders are members 0, step,
+ * 2*step, ... with step = MEMBERS / SENDERS (as loadgen.py). Without ROOMS,
+ * every member joins "lobby" and senders send plain lines there. With ROOMS
+ * (rooms "r0".."r<ROOMS-1>"), member i joins the PER rooms r(i mod ROOMS),
+ * r(i+1 mod ROOMS), ...: each room gets MEMBERS * PER / ROOMS members, and
+ * neighbours share rooms. A sender addresses its rooms in turn with
+ * "/say rK TEXT". Registration waits for the names line of a member's last
+ * join ("-- in lobby:" in protocol v1, "-- in #lobby:" in v2). With PROBES = 0 every receiving
  * connection parses the send stamp of every line (C is cheap), so latency is
  * sampled from all deliveries (see cmd_run for PROBES > 0); samples (int64
  * microseconds) are written raw to FILE.
@@ -34,8 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define JOIN "/join lobby\r\n"
-#define NAMES_MARK "-- in #lobby:"
+#define MARK 40
 #define STAMP_DIGITS 16
 #define TAIL 256
 #define RECV (1 << 18)
@@ -47,10 +52,12 @@ typedef struct {
     char tail[TAIL];
     int pend_len;
     char pend[512];
+    long long said; /* messages sent, for a sender's room rotation */
 } conn_t;
 
 static conn_t *conns;
 static int members, nsenders, ep, errors_;
+static int nrooms, per_member; /* 0, 0: everybody in lobby */
 static conn_t **by_fd;
 static int max_fd = 1 << 20;
 static char rbuf[RECV + TAIL];
@@ -119,6 +126,25 @@ static void parse_lines(conn_t *c, char *data, ssize_t n, int64_t now) {
     c->tail_len = (int)rest;
 }
 
+/* The room of a member's k-th join (k < per_member). */
+static int room_of(const conn_t *c, long long k) {
+    return (int)((c->index + k) % nrooms);
+}
+
+/* The names line of the member's last join: v1 "-- in NAME:", v2 "-- in #NAME:". */
+static int names_seen(const conn_t *c, const char *buf, size_t len) {
+    char v1[MARK], v2[MARK];
+    if (nrooms) {
+        int r = room_of(c, per_member - 1);
+        snprintf(v1, sizeof v1, "-- in r%d:", r);
+        snprintf(v2, sizeof v2, "-- in #r%d:", r);
+    } else {
+        snprintf(v1, sizeof v1, "-- in lobby:");
+        snprintf(v2, sizeof v2, "-- in #lobby:");
+    }
+    return memmem(buf, len, v1, strlen(v1)) != NULL || memmem(buf, len, v2, strlen(v2)) != NULL;
+}
+
 /* Read once. Returns bytes read, 0 if nothing now, -1 on EOF/error (closed). */
 static ssize_t do_recv(conn_t *c) {
     char *data = rbuf + TAIL;
@@ -131,11 +157,11 @@ static ssize_t do_recv(conn_t *c) {
     }
     if (!c->registered) {
         /* look for the names line across reads: keep the last bytes */
-        int keep = (int)sizeof NAMES_MARK - 1;
+        int keep = MARK;
         char *buf = data - c->tail_len;
         memcpy(buf, c->tail, c->tail_len);
         size_t len = n + c->tail_len;
-        if (memmem(buf, len, NAMES_MARK, keep)) {
+        if (names_seen(c, buf, len)) {
             c->registered = 1;
             c->tail_len = 0;
         } else {
@@ -220,8 +246,13 @@ static void cmd_connect(int port, double rate, int reg, double timeout) {
                 }
                 struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                 epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
-                if (reg) {
-                    do_send(c, JOIN, (int)sizeof JOIN - 1);
+                if (reg || nrooms) {
+                    /* the bare baseline answers room joins too */
+                    char join[64];
+                    if (!nrooms) do_send(c, join, snprintf(join, sizeof join, "/join lobby\r\n"));
+                    for (int k = 0; k < per_member; k++)
+                        do_send(c, join, snprintf(join, sizeof join, "/join r%d\r\n",
+                                                  room_of(c, k)));
                 } else {
                     c->registered = 1;
                     waiting--;
@@ -283,7 +314,8 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
         if (conns[i].sender && !conns[i].closed) senders[ns++] = &conns[i];
     long long total = ns ? (long long)(rate * duration) : 0, sent = 0;
     char line[4096];
-    if (pad > (int)sizeof line - 64) pad = (int)sizeof line - 64;
+    if (pad > (int)sizeof line - 96) pad = (int)sizeof line - 96;
+    for (int i = 0; i < members; i++) conns[i].said = 0;
     memset(line, 'x', pad);
     reset_counts();
     nsamples = 0;
@@ -313,8 +345,17 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
             if (due > total) due = total;
             while (sent < due) {
                 conn_t *c = senders[sent % ns];
-                int len = pad + snprintf(line + pad, sizeof line - pad, " T%016lld\r\n",
+                int len;
+                if (nrooms) {
+                    int head = snprintf(line, 32, "/say r%d ", room_of(c, c->said % per_member));
+                    memset(line + head, 'x', pad);
+                    len = head + pad + snprintf(line + head + pad, sizeof line - head - pad,
+                                                " T%016lld\r\n", (long long)now_us());
+                } else {
+                    len = pad + snprintf(line + pad, sizeof line - pad, " T%016lld\r\n",
                                          (long long)now_us());
+                }
+                c->said++;
                 do_send(c, line, len);
                 sent++;
             }
@@ -351,19 +392,29 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
     } else {
         errors_++;
     }
-    printf("{\"sent\": %lld, \"received\": %lld, \"receivers\": %d, \"samples\": %zu, "
-           "\"cpu\": %.6f, \"wall\": %.6f, \"errors\": %d}\n",
-           sent, received, receivers, nsamples, cpu_s() - cpu0, now_s() - t0, errors_);
+    /* members of the room a message is said in: each message is expected that many - 1 times */
+    int fanout = nrooms ? (int)((long long)receivers * per_member / nrooms) : receivers;
+    printf("{\"sent\": %lld, \"received\": %lld, \"receivers\": %d, \"fanout\": %d, "
+           "\"samples\": %zu, \"cpu\": %.6f, \"wall\": %.6f, \"errors\": %d}\n",
+           sent, received, receivers, fanout, nsamples, cpu_s() - cpu0, now_s() - t0, errors_);
     free(senders);
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MEMBERS SENDERS\n", argv[0]);
+    if (argc != 3 && argc != 5) {
+        fprintf(stderr, "usage: %s MEMBERS SENDERS [ROOMS PER]\n", argv[0]);
         return 2;
     }
     members = atoi(argv[1]);
     nsenders = atoi(argv[2]);
+    if (argc == 5) {
+        nrooms = atoi(argv[3]);
+        per_member = atoi(argv[4]);
+        if (nrooms < 1 || per_member < 1 || per_member > nrooms || members % nrooms) {
+            fprintf(stderr, "cgen: need 1 <= PER <= ROOMS, ROOMS dividing MEMBERS\n");
+            return 2;
+        }
+    }
     if (members < 1 || nsenders < 1 || nsenders > members) {
         fprintf(stderr, "cgen: need 1 <= SENDERS <= MEMBERS\n");
         return 2;

@@ -45,14 +45,15 @@ class CLoadGenerator:
     """``members`` connections, ``senders`` of them sending, in one C process.
 
     ``workers`` is accepted for interface compatibility and ignored (one
-    process). By default every receiver is read all along and samples every
+    process). ``rooms=(ROOMS, PER)``: every member joins PER of ROOMS rooms
+    and senders ``/say`` to theirs in turn (see ``cgen.c``). By default every receiver is read all along and samples every
     delivery (``probes`` is ignored); with ``defer=True`` only ``probes``
     receivers are read (and sampled) while messages are sent, the rest once
     the last one is sent (still counted exactly), so that the generator's
     reading does not compete with the server for the CPU meanwhile.
     """
 
-    def __init__(self, members, senders, workers=1, probes=16, defer=False):
+    def __init__(self, members, senders, workers=1, probes=16, defer=False, rooms=None):
         self.members = members
         self.probes = max(1, probes) if defer else 0
         self.dir = tempfile.mkdtemp(prefix="chat-cgen-")
@@ -62,7 +63,9 @@ class CLoadGenerator:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
         self.samples_path = os.path.join(self.dir, "samples.bin")
-        self.proc = subprocess.Popen([binary, str(members), str(senders)],
+        # rooms: (ROOMS, PER): each member in PER of ROOMS rooms (see cgen.c)
+        extra = [str(n) for n in rooms] if rooms else []
+        self.proc = subprocess.Popen([binary, str(members), str(senders)] + extra,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def _call(self, line):

@@ -27,6 +27,11 @@ SCENARIOS = {
     # as on a server that has been in use; peak memory is measured that way.
     "10k": dict(members=10000, senders=10, sweep=False, rate=10.0, workers=2, duration=5.0,
                 max_p99_ms=100.0, prefill=50, max_kb_per_connection=10.0),
+    # Several rooms per connection (protocol v2): 1,000 connections, each in
+    # 10 of 100 rooms (100 members a room); senders /say to their rooms in
+    # turn. The bare baseline knows rooms for this one (baseline.py). Needs
+    # the C load generator.
+    "rooms": dict(members=1000, senders=50, sweep=True, rate=500.0, rooms=(100, 10)),
 }
 MAX_P99_MS = 250.0
 
@@ -40,13 +45,14 @@ def percentile(sorted_values, q):
 
 def summarize(raw, rate, duration, cpu_server, rss_peak_kb, max_p99_ms=MAX_P99_MS):
     receivers = raw["receivers"]
-    expected = raw["sent"] * max(receivers - 1, 0)
+    fanout = raw.get("fanout", receivers)  # members of the room a message goes to
+    expected = raw["sent"] * max(fanout - 1, 0)
     lat = sorted(raw["samples"])
     ms = [percentile(lat, q) / 1000.0 for q in (50, 90, 99, 100)]
     window = max(duration, raw["wall"] - 0.5)
     step = {
         "rate": rate,
-        "offered": rate * max(receivers - 1, 0),
+        "offered": rate * max(fanout - 1, 0),
         "sent": raw["sent"],
         "expected": expected,
         "delivered": raw["received"],
@@ -93,11 +99,13 @@ class Subject:
             server = BareServer()
         server = self.server = server.start()
         rss_empty = server.status("VmRSS") or 0
+        rooms = {"rooms": sc["rooms"]} if sc.get("rooms") else {}
         gen = self.gen = args.generator_class(sc["members"], sc["senders"],
                                        workers=args.workers or sc.get("workers", 1),
-                                       probes=args.probes)
+                                       probes=args.probes, **rooms)
         with RSSSampler(server) as sampler:
-            conn = gen.connect(server.port, rate=args.connect_rate, register=(kind != "bare"),
+            conn = gen.connect(server.port, rate=args.connect_rate,
+                               register=(kind != "bare" or bool(rooms)),
                                timeout=args.connect_timeout)
         gen.settle(timeout=args.connect_timeout)
         rss_idle = server.status("VmRSS") or 0
@@ -268,6 +276,8 @@ def main(argv=None):
     p.add_argument("--senders", type=int, default=10, help="custom scenario: senders")
     p.add_argument("--rate", type=float, help="custom scenario: msgs/s (start rate if --sweep)")
     p.add_argument("--sweep", action="store_true", help="custom scenario: sweep the rate")
+    p.add_argument("--rooms", metavar="ROOMS,PER",
+                   help="custom scenario: every member joins PER of ROOMS rooms (C generator)")
     p.add_argument("--servers", default="ours,bare",
                    help="which servers, of ours, metrics (ours with --metrics on, scraped "
                         "every second) and bare (default: ours,bare)")
@@ -317,9 +327,20 @@ def main(argv=None):
             args.generator_name = "c, deferred reads" if args.defer_reads else "c"
 
     scenarios = {}
+    if args.generator_name == "python" and any(
+            SCENARIOS.get(name, {}).get("rooms") for name in args.scenarios):
+        if args.scenarios == list(SCENARIOS):  # the default: all it can run
+            args.scenarios = [n for n in args.scenarios if not SCENARIOS[n].get("rooms")]
+            print("the rooms scenario needs the C load generator: skipped", flush=True)
+        else:
+            p.error("the rooms scenario needs the C load generator (--generator c, and cc)")
     if args.members:
         scenarios["custom"] = dict(members=args.members, senders=args.senders,
                                    sweep=args.sweep, rate=args.rate or 10.0)
+        if args.rooms:
+            if args.generator_name == "python":
+                p.error("--rooms needs the C load generator (--generator c, and cc)")
+            scenarios["custom"]["rooms"] = tuple(int(n) for n in args.rooms.split(","))
     else:
         for name in args.scenarios:
             if name not in SCENARIOS:
@@ -336,7 +357,10 @@ def main(argv=None):
     everything = {"argv": sys.argv[1:], "scenarios": {},
                   "generator": args.generator_name}
     for name, sc in scenarios.items():
-        out(f"== scenario {name}: {sc['members']} members, {sc['senders']} senders, "
+        rooms = (f" (each in {sc['rooms'][1]} of {sc['rooms'][0]} rooms, "
+                 f"{sc['members'] * sc['rooms'][1] // sc['rooms'][0]} members a room)"
+                 if sc.get("rooms") else "")
+        out(f"== scenario {name}: {sc['members']} members{rooms}, {sc['senders']} senders, "
             + (f"sweep from {sc['rate']:.0f} msgs/s x{args.factor}" if sc["sweep"]
                else f"{sc['rate']:.0f} msgs/s")
             + f", {args.duration or sc.get('duration', 2.0):.0f} s steps, "
