@@ -1,6 +1,7 @@
 """The hub and protocol with a real SQLite store whose writer the test drives:
 ordering around the group commit, replay on join, /history, failures."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from twisted_chat.history import sqlite as store_module
 from twisted_chat.history.sqlite import SQLiteHistory
 from twisted_chat.hub import Hub
 from twisted_chat.protocol import ChatFactory
+from twisted_chat.replay import RecentMessages
 
 from .test_history_store import ManualRunner
 from .test_protocol import Conn
@@ -178,6 +180,7 @@ class ReplayTests(HistoryHubTestCase):
     connect_pending = OrderTests.connect_pending
 
     def test_replay_comes_first_and_nothing_is_doubled(self):
+        self.hub.recent = RecentMessages(0)  # every replay is read from the store
         alice = self.connect("alice")
         self.say(alice, "old")
         self.commit()
@@ -190,6 +193,44 @@ class ReplayTests(HistoryHubTestCase):
         self.commit()
         self.assertEqual([(e["text"], e.get("history")) for e in bob.events()],
                          [("new", None)])
+
+    def test_joiners_after_the_first_share_the_replay_without_a_read(self):
+        alice = self.connect("alice")  # the first join reads the (empty) room
+        self.say(alice, "one", "two")
+        self.commit()
+        bob = self.connect_pending("bob")
+        self.assertEqual(self.runner.jobs, [])  # no read: served from memory
+        carol = self.connect_pending("carol")
+        self.clock.advance(0)
+        replays = []
+        for conn in (bob, carol):
+            events = [e for e in conn.events() if e["type"] in ("message", "history-end")]
+            self.assertEqual([(e["type"], e.get("text"), e.get("history")) for e in events],
+                             [("message", "one", True), ("message", "two", True),
+                              ("history-end", None, None)])
+            replays.append(events)
+        self.assertEqual(replays[0], replays[1])
+        # What the store would have said, and the same events for both.
+        self.assertEqual(replays[0][:2], self.read_replay())
+        shared = self.hub.recent.replay(self.hub.rooms["lobby"])
+        self.assertIs(shared, self.hub.recent.replay(self.hub.rooms["lobby"]))
+
+    def read_replay(self):
+        """The lobby's replay as the store gives it, rendered like the hub's."""
+        from twisted_chat.replay import history_event
+        d = self.store.before("lobby", 1 << 30, 50)
+        self.runner.run_all()
+        return [json.loads(history_event("lobby", r.id, r.t, r.nick, r.text, r.action)
+                           .encode("json")) for r in self.successResultOf(d)]
+
+    def test_a_message_said_before_the_first_read_is_answered_is_in_the_next_replay(self):
+        alice = self.connect_pending("alice")  # the first read is queued
+        self.say(alice, "during")
+        self.commit()
+        bob = self.connect_pending("bob")
+        self.assertEqual(self.runner.jobs, [])
+        self.assertEqual([(e.get("text"), e.get("history")) for e in bob.events()
+                          if e["type"] == "message"], [("during", True)])
 
     def test_one_batch_around_a_join_reaches_the_joiner_once(self):
         alice = self.connect("alice")

@@ -32,6 +32,7 @@ from .events import Event, error, rfc3339
 from .history import HISTORY_CAP, IHistoryStore, private_message, room_message
 from .metrics import Counts
 from .history.interface import RoomRecord, is_default
+from .replay import RecentMessages
 
 log = Logger()
 PROTOCOL = 2  # the line protocol's version, named in the welcome
@@ -228,6 +229,7 @@ class _Said:
     def _send(self) -> None:
         member, room, event = self.member, self.room, self.event
         self.hub._sent_id = self.msg_id
+        self.hub.recent.said(room, self.msg_id, self.t, self.nick, self.text, self.action)
         presence.before(self.hub, room, self.nick)  # others learn of the sender first
         recipients = self.epoch[0]
         if recipients is None:
@@ -285,6 +287,10 @@ class Hub:
         self.clock = clock
         self.history = history if history is not None else MemoryHistory()
         self.replay = min(max(replay, 0), HISTORY_CAP)  # messages replayed on join
+        # Each room's last messages, so that joiners share one replay (none
+        # without a store: MemoryHistory replays nothing).
+        keeps = not isinstance(self.history, MemoryHistory)
+        self.recent = RecentMessages(self.replay if keeps else 0)
         self.members: Dict[str, Member] = {}  # folded nick -> member
         self.rooms: Dict[str, Room] = {}  # folded name -> room
         # Rooms' lasting state as last saved (folded key -> RoomRecord),
@@ -903,6 +909,20 @@ class Hub:
         """
         if member.gone:
             return
+        fill = False
+        if on_join and before is None and limit == self.replay:
+            events = self.recent.replay(room)
+            if events is not None:
+                # Known without the store: the same events for every joiner.
+                _catch_up(member)
+                for event in events:
+                    member.deliver(event)
+                if events:
+                    member.deliver(Event("history-end", {
+                        "room": room.name, "count": len(events), "limit": limit,
+                        "oldest": events[0].fields["id"]}))
+                return
+            fill = self.recent.fetching(room)
         request = _Replay(room, on_join, limit, before)
         _catch_up(member)  # room events owed so far come before the replay
         if member._held is None:
@@ -924,6 +944,8 @@ class Hub:
 
         def arrived(rows):
             request.rows = rows
+            if fill:
+                self.recent.fetched(room, rows)
             self._release(member)
 
         def failed(failure):
@@ -955,14 +977,13 @@ class Hub:
         member.deliver = live
         member._held = member._live = member._replayed = None
 
-    @staticmethod
-    def _deliver_replay(live, request: "_Replay", replayed: set) -> None:
+    def _deliver_replay(self, live, request: "_Replay", replayed: set) -> None:
         if request.failed:
             live(error("history-unavailable", "the history could not be read"))
             return
         for row in request.rows:
             replayed.add(row.id)
-            live(_history_event(request.room, row))
+            live(self.recent.event(request.room, row))
         if request.rows or not request.on_join:
             fields = {"room": request.room.name, "count": len(request.rows),
                       "limit": request.limit}
@@ -1044,6 +1065,7 @@ class Hub:
             room.invited.clear()
             if room.key != self.default_key:
                 del self.rooms[room.key]
+                self.recent.forget(room)
                 if room.presence is not None and room.presence.call is not None \
                         and room.presence.call.active():
                     room.presence.call.cancel()
@@ -1052,11 +1074,3 @@ class Hub:
 
 def _catch_up(member: Member) -> None:
     fanout.catch_up(member)
-
-
-def _history_event(room: Room, row) -> Event:
-    fields = {"id": row.id, "ts": None, "room": room.name, "nick": row.nick, "text": row.text}
-    if row.action:
-        fields["action"] = True
-    fields["history"] = True
-    return Event.timed("message", row.t, **fields)
