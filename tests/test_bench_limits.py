@@ -32,6 +32,14 @@ class EvidenceScriptTests(SynchronousTestCase):
         self.assertTrue(result["cut_off"], lines)
         self.assertIn("cut off", lines[0])
 
+    def test_overload_small(self):
+        lines = []
+        result = memory.overload_run(3, 40, lines.append)
+        self.assertFalse(result["cut_off"], lines)
+        self.assertGreaterEqual(result["hwm_kib"], result["rss_before_kib"])
+        self.assertIn("3 clients x 40 lines of 4096 B", lines[0])
+        self.assertIn("peak (VmHWM)", lines[0])
+
 
 class FdLimitTests(SynchronousTestCase):
     def test_soft_limit_is_raised_towards_wanted_never_past_hard(self):
