@@ -100,6 +100,15 @@ class RecentMessagesTests(SynchronousTestCase):
         self.assertIsNone(self.recent.replay(self.room))
         self.assertTrue(self.recent.fetching(self.room))  # the next joiner reads again
 
+    def test_messages_older_than_max_age_are_not_replayed(self):
+        now = [1004.5]
+        recent = RecentMessages(3, max_age=2.0, clock=lambda: now[0])
+        recent.fetching(self.room)
+        recent.fetched(self.room, [row(1), row(2), row(3)])  # said at 1001, 1002, 1003
+        self.assertEqual(ids(recent.replay(self.room)), [3])
+        now[0] = 1010.0
+        self.assertEqual(recent.replay(self.room), [])
+
     def test_no_replay_no_memory(self):
         recent = RecentMessages(0)
         self.assertFalse(recent.fetching(self.room))

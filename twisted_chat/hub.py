@@ -290,7 +290,7 @@ class Hub:
         # Each room's last messages, so that joiners share one replay (none
         # without a store: MemoryHistory replays nothing).
         keeps = not isinstance(self.history, MemoryHistory)
-        self.recent = RecentMessages(self.replay if keeps else 0)
+        self.recent = RecentMessages(self.replay if keeps else 0, clock=self.clock)
         self.members: Dict[str, Member] = {}  # folded nick -> member
         self.rooms: Dict[str, Room] = {}  # folded name -> room
         # Rooms' lasting state as last saved (folded key -> RoomRecord),

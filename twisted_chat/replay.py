@@ -21,13 +21,16 @@ room's last N messages, and from then on :meth:`replay` answers without the
 store. A message goes out only after it is stored, so the list never holds
 one the store does not.
 
-The hub calls :meth:`forget` when a room is gone, so a server's memory for
-this is N messages per room that exists (about 250 bytes a message, plus its
+With ``--history-days``, ``max_age`` (seconds) keeps a replay from showing
+what the store prunes: older messages are dropped from the list as it is
+replayed. The hub calls :meth:`forget` when a room is gone, so a server's
+memory for this is N messages per room that exists (about 250 bytes a message, plus its
 replay event, about 1 KB with both renderings, once somebody has joined).
 """
 
+import time
 from collections import deque
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .events import Event
 
@@ -66,8 +69,11 @@ class _Recent:
 class RecentMessages:
     """The last ``limit`` messages of each room, kept for replays on join."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, max_age: Optional[float] = None,
+                 clock: Callable[[], float] = time.time):
         self.limit = limit
+        self.max_age = max_age  # seconds; older messages are not replayed
+        self.clock = clock
         self._rooms: Dict[str, _Recent] = {}  # by folded room key
 
     def _entry(self, room) -> Optional[_Recent]:
@@ -84,6 +90,12 @@ class RecentMessages:
         entry = self._entry(room)
         if entry is None or not entry.complete:
             return None
+        if self.max_age is not None:
+            rows, cutoff = entry.rows, self.clock() - self.max_age
+            if rows and rows[0][1] < cutoff:
+                while rows and rows[0][1] < cutoff:
+                    rows.popleft()
+                entry.events = None
         return entry.replay()
 
     def fetching(self, room) -> bool:

@@ -242,6 +242,8 @@ def makeService(options) -> service.IService:
     )
     hub.presence_threshold = options["presence-threshold"]
     hub.presence_interval = options["presence-interval"]
+    if options["history-days"]:
+        hub.recent.max_age = options["history-days"] * 86400.0  # as the store prunes
     # The one delivery service: every face's factory registers its
     # connections with it, and --max-clients counts them all.
     turn = Turn(hub, clock=reactor,
