@@ -220,7 +220,7 @@ def overload_run(clients, messages, out, size=MAX_LINE, timeout=300.0):
                         continue
                     if not ready[i]:
                         tails[i] += data
-                        ready[i] = b"-- in lobby:" in tails[i]
+                        ready[i] = b"-- in #lobby:" in tails[i]  # its names line
                     counts[i] += data.count(b"\n")
             sel.close()
 
