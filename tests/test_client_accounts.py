@@ -224,6 +224,38 @@ class WindowLoginTests(TLSServerWindowCase):
                            "alice logged in and in dev")
         self.assertIsNone(state["login_bar"])
 
+    def test_logged_in_again_after_a_restart_then_every_room_joined(self):
+        pw = os.path.join(self.dir, "alice.pw")
+        with open(pw, "w") as f:
+            f.write(self.accounts["alice"] + "\n")
+        w = self.window("--ca", self.cert, "--login", "alice", "--password-file", pw)
+        w.wait_for(lambda s: s["status"] == "Connected as alice in lobby", "alice logged in")
+        for room in ("dev", "ops"):
+            w.say(f"/join {room}")
+            w.wait_for(lambda s: s["room"] == f"#{room}", f"alice in {room}")
+        w.say("/join dev")  # a room she is in: shown again
+        w.wait_for(lambda s: s["room"] == "#dev", "dev shown")
+        w.say("/part lobby")
+        w.wait_for(lambda s: s["conversations"] == ["#dev", "#ops"], "lobby left")
+
+        self.server.stop()
+        w.wait_for(lambda s: "reconnecting in" in s["status"], "reconnecting")
+        # The same port and accounts, no guests: nothing may be joined before the login.
+        self.server = ChatServer(
+            "--port", f"ssl:{self.tls_port}:interface=127.0.0.1:privateKey=server.key:"
+            "certKey=server.pem", "--auth", "chat-passwd:accounts", directory=self.dir).start()
+        self.addCleanup(self.server.stop)
+        state = w.wait_for(lambda s: s["status"] == "Connected as alice in dev"
+                           and s["conversations"] == ["#dev", "#ops"]
+                           and s["members"] == ["@alice"], "alice back in dev and ops",
+                           timeout=40)
+        self.assertEqual(state["selected"], ["#dev"])
+        # Nothing was refused on the way: no /join before the login, no text before the join.
+        self.assertFalse([line for line in state["lines"]
+                          if "login-required" in line or "not-in-room" in line], state["lines"])
+        w.call("close")
+        self.assertEqual(w.wait_exit(), 0, w.errors())
+
     def test_untrusted_certificate_is_shown_not_a_traceback(self):
         other = os.path.join(self.dir, "other")
         os.mkdir(other)
