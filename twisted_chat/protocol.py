@@ -36,6 +36,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger()
     outlet = None  # its Outlet, from connectionMade on
+    initial_mode = TEXT  # a face that speaks JSON from the start says so (web.session)
 
     def __init__(self):
         self.member = None
@@ -71,7 +72,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         factory = self.factory
         self.MAX_LENGTH = factory.max_line + 1  # room for the CR of a CRLF
         self.peer, self.host = _peer(self.transport)
-        outlet = self.outlet = Outlet(factory.turn, self.transport, self, TEXT)
+        outlet = self.outlet = Outlet(factory.turn, self.transport, self, self.initial_mode)
         refused = factory.turn.admit(outlet, self.host)
         if refused is not None:
             self._refuse(refused)

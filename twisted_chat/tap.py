@@ -112,6 +112,8 @@ class Options(AuthOptionMixin, usage.Options):
     def __init__(self):
         super().__init__()
         self["ports"] = []
+        self["web"] = []
+        self["web-origins"] = []
         self["admins"] = []
 
     def opt_admin(self, value):
@@ -126,6 +128,21 @@ class Options(AuthOptionMixin, usage.Options):
         self["ports"].append(endpoint_description(value))
 
     opt_p = opt_port
+
+    def opt_web(self, value):
+        """Serve the browser client (a page at /, its WebSocket at /ws) on this endpoint (repeatable): tcp:8080, ssl:8443:privateKey=key.pem:certKey=cert.pem, or a bare port number. Default: none."""  # noqa: E501
+        self["web"].append(endpoint_description(value))
+
+    def opt_web_origin(self, value):
+        """Also accept WebSockets from pages of this origin (repeatable): https://chat.example.org, or * for any. Default: only the page's own."""  # noqa: E501
+        value = value.strip()
+        if value != "*":
+            from .web.session import _origin
+            try:
+                _origin(value)
+            except ValueError:
+                raise usage.UsageError(f"bad --web-origin {value!r}: give scheme://host[:port]")
+        self["web-origins"].append(value)
 
     def postOptions(self):
         from twisted.internet import reactor
@@ -162,6 +179,13 @@ class Options(AuthOptionMixin, usage.Options):
                 self["metrics-endpoint"] = serverFromString(reactor, self["metrics"])
             except Exception as e:
                 raise usage.UsageError(f"bad --metrics {self['metrics']!r}: {e}")
+        self["web-endpoints"] = []
+        for description in self["web"]:
+            try:
+                self["web-endpoints"].append(serverFromString(
+                    reactor, with_backlog(description, self["listen-backlog"])))
+            except Exception as e:
+                raise usage.UsageError(f"bad --web {description!r}: {e}")
         try:
             self["default-room"] = valid_room(self["default-room"])
         except ChatError as e:
@@ -267,6 +291,13 @@ def makeService(options) -> service.IService:
 
         listener = _Announced(options["metrics-endpoint"], options["metrics"], what="metrics")
         monitor(listener, top, turn, store, listeners, reactor).setServiceParent(top)
+    if options["web"]:
+        from .web.site import make_site  # Autobahn only for --web
+
+        site = make_site(factory, options["web-origins"])
+        for description, endpoint in zip(options["web"], options["web-endpoints"]):
+            StreamServerEndpointService(_Announced(endpoint, description, "web"),
+                                        site).setServiceParent(top)
     return top
 
 
