@@ -1,0 +1,292 @@
+"""The web client in a real headless Chromium (tests/browser.py) against a
+real ``twistd chat --web``: sign-in, chat with a line-protocol client, text
+that is never HTML, the Origin check, reconnecting after a server restart,
+history paging, and the phone layout.
+
+Skipped, saying why, where Playwright or Chromium is missing.
+"""
+
+import http.server
+import re
+import shutil
+import socket
+import tempfile
+import threading
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from .browser import Browser, unavailable
+from .support import ChatServer
+from .web_support import web_port
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def sign_in(page, nick, password=None):
+    page.get_by_label("Nick").fill(nick)
+    if password:
+        page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Connect").click()
+    page.get_by_role("textbox", name="Message", exact=True).wait_for()
+
+
+def say(page, text):
+    page.get_by_role("textbox", name="Message", exact=True).fill(text)
+    page.get_by_role("button", name="Send", exact=True).click()
+
+
+def log(page):
+    return page.get_by_role("log")
+
+
+def wait_line(page, text):
+    """The log line holding ``text`` once it is shown."""
+    line = log(page).locator(".line", has_text=text)
+    line.first.wait_for()
+    return line
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BrowserTestCase(SynchronousTestCase):
+    server_args = ()
+    viewport = (1100, 700)
+
+    def setUp(self):
+        why = unavailable()
+        if why:
+            raise SkipTest(why)
+        self.server = self.start_server()
+        self.browser = Browser(self.viewport)
+        self.addCleanup(self.browser.close)
+
+    def start_server(self, *args, directory=None):
+        server = ChatServer("--db", ":memory:", "--web", LOOPBACK, *self.server_args, *args,
+                            directory=directory).start()
+        self.addCleanup(server.stop)
+        self.url = f"http://127.0.0.1:{web_port(server)}/"
+        return server
+
+    def line(self, nick, server=None):
+        c = (server or self.server).client()
+        self.addCleanup(c.close)
+        c.json_mode(nick)
+        return c
+
+    def run_in_browser(self, scenario):
+        self.browser.run(scenario)
+        self.assertEqual(self.browser.errors, [], "JavaScript errors in the page")
+
+
+class SafetyTests(BrowserTestCase):
+    def test_markup_shows_as_text_and_links_are_safe(self):
+        def scenario():
+            page = self.browser.page(self.url)
+            dialogs = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            sign_in(page, "alice")
+            bob = self.line("bob")
+            wait_line(page, "bob joined")
+            bob.send(XSS, "<script>alert(2)</script><b>bold</b>",
+                      "see javascript:alert(3) and https://example.org/a?b=<i>c</i>.")
+            wait_line(page, "https://example.org")
+            texts = log(page).locator(".line.msg .text").all_text_contents()
+            self.assertEqual(texts[:2], [XSS, "<script>alert(2)</script><b>bold</b>"])
+            self.assertEqual(log(page).locator("img, script, b, i").count(), 0)
+            links = log(page).locator("a")
+            self.assertEqual(links.count(), 1)
+            # A URL ends at a character that may not appear in one unquoted.
+            self.assertEqual(links.get_attribute("href"), "https://example.org/a?b=")
+            self.assertEqual(texts[2], "see javascript:alert(3) and https://example.org/a?b=<i>c</i>.")
+            self.assertEqual(links.get_attribute("rel"), "noopener noreferrer nofollow")
+            # A round trip after the markup: had an <img> been made, its
+            # onerror would have run by now.
+            say(page, "/ping done")
+            wait_line(page, "pong done")
+            self.assertEqual(dialogs, [])
+
+        self.run_in_browser(scenario)
+
+    def test_other_origin_refused(self):
+        port = web_port(self.server)
+        # Another site's page (another port is another origin) opens the
+        # chat's WebSocket: the browser names its origin, the server refuses.
+        html = ("<!doctype html><title>start</title><script>"
+                f"const ws = new WebSocket('ws://127.0.0.1:{port}/ws');"
+                "ws.onopen = () => { document.title = 'opened'; };"
+                "ws.onclose = (e) => { document.title = 'closed ' + e.code; };"
+                "</script>").encode()
+        other = _serve_page(html)
+        self.addCleanup(other.server_close)
+        self.addCleanup(other.shutdown)
+
+        def scenario():
+            page = self.browser.page(f"http://127.0.0.1:{other.server_address[1]}/")
+            page.wait_for_function("document.title.startsWith('closed') || "
+                                   "document.title === 'opened'")
+            self.assertEqual(page.title(), "closed 1006")  # the handshake failed
+
+        self.browser.run(scenario)
+        self.server.wait_for_log(
+            rf"refused: origin 'http://127.0.0.1:{other.server_address[1]}'")
+
+
+def _serve_page(body):
+    """An HTTP server on another loopback port serving ``body`` at every
+    path, in a thread of the test process."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class ChatTests(BrowserTestCase):
+    def test_page_and_line_client_chat(self):
+        def scenario():
+            page = self.browser.page(self.url)
+            sign_in(page, "alice")
+            bob = self.line("bob")
+            wait_line(page, "bob joined")
+            members = page.get_by_role("complementary", name="Members")
+            members.get_by_text("bob", exact=True).wait_for()
+            say(page, "hello bob")
+            self.assertEqual(bob.expect_event("message", nick="alice")["text"], "hello bob")
+            say(page, "/me waves")
+            self.assertTrue(bob.expect_event("message", nick="alice").get("action"))
+            wait_line(page, "waves")
+            self.assertEqual(log(page).locator(".line.action").count(), 1)
+            bob.send("/msg alice psst")
+            rooms = page.get_by_role("navigation", name="Rooms")
+            entry = rooms.get_by_role("button", name=re.compile(r"^bob"))
+            entry.wait_for()
+            self.assertIn("1 unread", entry.inner_html())
+            entry.click()
+            wait_line(page, "psst")
+            say(page, "hi privately")
+            self.assertEqual(bob.expect_event("private", **{"from": "alice"})["text"],
+                             "hi privately")
+            # Times are local HH:MM.
+            stamp = log(page).locator(".line time").first.inner_text()
+            self.assertRegex(stamp, r"^\d\d:\d\d$")
+
+        self.run_in_browser(scenario)
+
+
+class HistoryTests(BrowserTestCase):
+    server_args = ("--history", "5")
+
+    def test_scrolling_up_loads_older_pages_each_message_once(self):
+        bob = self.line("bob")
+        for i in range(1, 13):
+            bob.send(f"m{i}")
+        bob.send("/ping stored")
+        bob.expect_event("pong")
+
+        def scenario():
+            page = self.browser.page(self.url)
+            sign_in(page, "alice")
+            wait_line(page, "m12")
+            log(page).evaluate("(log) => { log.scrollTop = 0; "
+                               "log.dispatchEvent(new Event('scroll')); }")
+            wait_line(page, "m1")
+            page.get_by_text("beginning of the history").wait_for()
+            texts = log(page).locator(".line.msg .text").all_text_contents()
+            self.assertEqual(texts, [f"m{i}" for i in range(1, 13)])
+
+        self.run_in_browser(scenario)
+
+
+class ReconnectTests(BrowserTestCase):
+    def setUp(self):
+        why = unavailable()
+        if why:
+            raise SkipTest(why)
+        self.dir = tempfile.mkdtemp(prefix="chat-web-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.port = free_port()
+        self.server = self.start_server()
+        self.browser = Browser(self.viewport)
+        self.addCleanup(self.browser.close)
+
+    def start_server(self):
+        server = ChatServer("--db", "chat.sqlite", "--web", f"tcp:{self.port}:interface=127.0.0.1",
+                            directory=self.dir).start()
+        self.addCleanup(server.stop)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        return server
+
+    def test_reconnect_after_server_restart_shows_no_message_twice(self):
+        def scenario():
+            page = self.browser.page(self.url)
+            sign_in(page, "alice")
+            bob = self.line("bob")
+            bob.send("before the restart")
+            wait_line(page, "before the restart")
+            say(page, "mine, before")
+            wait_line(page, "mine, before")
+            self.server.stop()
+            page.get_by_text(re.compile("reconnecting")).wait_for()
+            self.server = self.start_server()
+            carol = self.line("carol", self.server)
+            carol.send("while you were away")
+            wait_line(page, "while you were away")
+            page.get_by_role("complementary", name="Members").get_by_text(
+                "carol", exact=True).wait_for()
+            say(page, "back again")
+            self.assertNotIn("history", carol.expect_event("message", nick="alice",
+                                                           text="back again"))
+            wait_line(page, "back again")
+            texts = log(page).locator(".line.msg .text").all_text_contents()
+            for text in ("before the restart", "mine, before", "while you were away",
+                         "back again"):
+                self.assertEqual(texts.count(text), 1, texts)
+
+        self.run_in_browser(scenario)
+
+
+class PhoneTests(BrowserTestCase):
+    viewport = (360, 740)
+
+    def test_layout_at_360_px(self):
+        def scenario():
+            page = self.browser.page(self.url)
+            sign_in(page, "alice")
+            bob = self.line("bob")
+            wait_line(page, "bob joined")
+            bob.send("a long line " + "word " * 60)
+            wait_line(page, "a long line")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            self.assertLessEqual(width, 360)
+            for control in (page.get_by_role("textbox", name="Message", exact=True),
+                            page.get_by_role("button", name="Send", exact=True)):
+                box = control.bounding_box()
+                self.assertGreaterEqual(box["x"], 0)
+                self.assertLessEqual(box["x"] + box["width"], 360)
+                self.assertLessEqual(box["y"] + box["height"], 740)
+            rooms = page.get_by_role("navigation", name="Rooms")
+            self.assertFalse(rooms.is_visible())  # a drawer on a phone
+            page.get_by_role("button", name="Show rooms").click()
+            lobby = rooms.get_by_role("button", name=re.compile("^#lobby"))
+            lobby.wait_for()
+            lobby.click()
+            rooms.wait_for(state="hidden")
+            say(page, "from my phone")
+            self.assertEqual(bob.expect_event("message", nick="alice")["text"], "from my phone")
+
+        self.run_in_browser(scenario)
