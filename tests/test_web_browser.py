@@ -245,7 +245,8 @@ class ReconnectTests(BrowserTestCase):
             self.server = self.start_server()
             carol = self.line("carol", self.server)
             carol.send("while you were away")
-            wait_line(page, "while you were away")
+            # The page retries with a growing delay (up to 30 s between tries).
+            log(page).locator(".line", has_text="while you were away").wait_for(timeout=60_000)
             page.get_by_role("complementary", name="Members").get_by_text(
                 "carol", exact=True).wait_for()
             say(page, "back again")
