@@ -157,10 +157,13 @@ def _serve_page(body):
 
 
 class ChatTests(BrowserTestCase):
+    server_args = ("--motd", "Be kind.")
+
     def test_page_and_line_client_chat(self):
         def scenario():
             page = self.browser.page(self.url)
             sign_in(page, "alice")
+            wait_line(page, "Be kind.")  # the welcome's, before any room
             bob = self.line("bob")
             wait_line(page, "bob joined")
             members = page.get_by_role("complementary", name="Members")
@@ -184,6 +187,64 @@ class ChatTests(BrowserTestCase):
             # Times are local HH:MM.
             stamp = log(page).locator(".line time").first.inner_text()
             self.assertRegex(stamp, r"^\d\d:\d\d$")
+
+        self.run_in_browser(scenario)
+
+
+class RoomsTests(BrowserTestCase):
+    def test_two_pages_and_a_line_client_in_two_rooms(self):
+        def scenario():
+            alice = self.browser.page(self.url)
+            sign_in(alice, "alice")
+            bob = self.browser.page(self.url)
+            sign_in(bob, "bob")
+            carol = self.line("carol")
+            alice_rooms = alice.get_by_role("navigation", name="Rooms")
+            # alice opens dev from the room list's form: she is its first
+            # member, so its operator.
+            alice.get_by_label("Join a room").fill("dev")
+            alice_rooms.get_by_role("button", name="Join", exact=True).click()
+            wait_line(alice, "you joined #dev")
+            say(bob, "/join dev")
+            wait_line(alice, "bob joined")
+            carol.send("/join dev")
+            carol.expect_event("names", room="dev")
+            members = alice.get_by_role("complementary", name="Members")
+            members.get_by_text("carol", exact=True).wait_for()
+            self.assertEqual(members.locator("li.op").all_inner_texts(), ["alice"])
+            # bob shows dev (his last join): his line goes there.
+            say(bob, "hello dev")
+            self.assertEqual(carol.expect_event("message", nick="bob", text="hello dev")["room"],
+                             "dev")
+            wait_line(alice, "hello dev")
+            # carol speaks in lobby while alice shows dev: lobby counts it,
+            # with a mention mark, and the title says so.
+            carol.send("/say lobby lunch, alice?")
+            lobby = alice_rooms.get_by_role("button", name=re.compile(r"^#lobby"))
+            lobby.locator(".unread", has_text="1").wait_for()
+            self.assertEqual(lobby.locator(".mention").count(), 1)
+            self.assertEqual(alice.title(), "(1) twisted-chat")
+            self.assertEqual(log(alice).get_by_text("lunch, alice?").count(), 0)
+            lobby.click()
+            wait_line(alice, "lunch, alice?")
+            self.assertEqual(alice.locator(".unread-marker").count(), 1)
+            self.assertEqual(alice.title(), "twisted-chat")
+            say(alice, "yes, at noon")
+            self.assertEqual(carol.expect_event("message", nick="alice", text="yes, at noon")
+                             ["room"], "lobby")
+            # bob shows dev: both lobby lines are unread for him.
+            bob_rooms = bob.get_by_role("navigation", name="Rooms")
+            bob_rooms.get_by_role("button", name=re.compile(r"^#lobby")).locator(
+                ".unread", has_text="2").wait_for()
+            # The operator sets dev's topic: bob's topic bar shows it.
+            say(alice, "/topic dev Release on Friday")
+            bob.locator("#topic", has_text="Release on Friday").wait_for()
+            wait_line(bob, "topic: Release on Friday (set by alice)")
+            # bob leaves dev from his room list; alice's member list follows.
+            bob_rooms.get_by_role("button", name="Leave #dev").click()
+            alice_rooms.get_by_role("button", name=re.compile(r"^#dev")).click()
+            members.get_by_text("bob", exact=True).wait_for(state="detached")
+            self.assertEqual(bob_rooms.get_by_role("button", name=re.compile(r"^#dev")).count(), 0)
 
         self.run_in_browser(scenario)
 

@@ -32,6 +32,7 @@
     sent: [], // input history (Up/Down)
     sentAt: 0,
     nickTries: 0,
+    early: [], // lines that came before any conversation was shown
   };
 
   // ---------------------------------------------------------------- helpers
@@ -173,9 +174,13 @@
   }
 
   function sysLine(c, text, cls, ts) {
-    if (!c) c = activeConv() || conv("*server", state.server, "server");
     const line = el("div", "line " + (cls || "sys"));
     line.append(timeNode(ts), document.createTextNode(text));
+    if (!c) c = activeConv();
+    if (!c) {
+      state.early.push(line); // before the first room (the motd): shown in it
+      return line;
+    }
     return addLine(c, line);
   }
 
@@ -226,6 +231,7 @@
       old.marker = null;
     }
     state.active = key;
+    for (const line of state.early.splice(0)) addLine(c, line, 0);
     c.unread = 0;
     c.mention = false;
     const log = $("log");
