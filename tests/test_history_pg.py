@@ -150,8 +150,11 @@ class GroupCommitTests(PgStoreTestCase):
         self.assertEqual(acked, list(range(1, 8)))
 
     def test_input_is_paused_while_too_much_waits_for_the_writer(self):
-        self.patch(store_module, "HIGH_WATER", 4)
-        self.patch(store_module, "LOW_WATER", 2)
+        # The bound is in bytes (inherited from the SQLite store): each text
+        # here costs the same.
+        cost = sys.getsizeof("m0") + store_module.MESSAGE_COST
+        self.patch(store_module, "HIGH_WATER", 4 * cost)
+        self.patch(store_module, "LOW_WATER", 2 * cost)
         self.patch(store_module, "MAX_BATCH", 2)
         store, runner = self.open(max_in_flight=1)
         calls = []
