@@ -12,10 +12,12 @@ import tempfile
 import threading
 import time
 
+from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_chat import admin, passwords
 from twisted_chat.history import lock, room_message, schema, writer
+from twisted_chat.history.sqlite import SQLiteHistory
 
 from .support import ChatServer, twistd_command
 
@@ -146,7 +148,8 @@ class AdminTests(SynchronousTestCase):
         code, out = self.main("rooms", self.db)
         self.assertEqual(code, 0)
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["ROOM", "MESSAGES", "LAST", "MESSAGE"])
+        self.assertEqual(lines[0].split(),
+                         ["ROOM", "MESSAGES", "LAST", "MESSAGE", "OPERATORS", "TOPIC"])
         self.assertEqual(lines[1].split()[:2], ["Dev", "2"])
         self.assertEqual(lines[2].split()[:2], ["lobby", "3"])
         self.assertIn("2023-11-14 22:13:24 UTC", lines[2])
@@ -242,3 +245,81 @@ class DatabaseLockTests(SynchronousTestCase):
         first.stop()
         fd = lock.acquire(os.path.join(directory, "chat.sqlite"))
         lock.release(fd)
+
+
+class RoomStateTests(SynchronousTestCase):
+    """``topic`` and ``ops``: a room's lasting state changed while no server
+    runs, saved as the server's store saves it and read back by it; refused
+    while a server holds the database."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="chat-admin-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.db = os.path.join(self.dir, "chat.sqlite")
+        prefill(self.db, 4)
+
+    def loaded(self):
+        """The rooms as the server's store loads them at start."""
+        store = SQLiteHistory(self.db, runner=lambda fn, *args: maybeDeferred(fn, *args))
+        store.startService()
+        try:
+            return self.successResultOf(store.load_rooms())
+        finally:
+            self.successResultOf(store.stopService())
+
+    def test_topic_and_operators(self):
+        before = time.time()
+        done = run_admin("topic", self.db, "dev", "Release on Friday")
+        after = time.time()
+        self.assertEqual((done.returncode, done.stdout),
+                         (0, "topic of Dev: Release on Friday\n"), done.stderr)
+        done = run_admin("ops", self.db, "DEV", "--add", "Alice", "--add", "bob")
+        self.assertEqual(done.stdout, "operators of Dev: alice, bob\n", done.stderr)
+        done = run_admin("ops", self.db, "dev", "--remove", "bob")
+        self.assertEqual(done.stdout, "operators of Dev: alice\n", done.stderr)
+        self.assertEqual(run_admin("ops", self.db, "dev").stdout, "operators of Dev: alice\n")
+        record = self.loaded()["dev"]
+        self.assertEqual((record.name, record.topic, record.topic_by, record.ops),
+                         ("Dev", "Release on Friday", "twisted-chat-admin", ("alice",)))
+        self.assertTrue(before <= record.topic_t <= after, (before, record.topic_t, after))
+        listing = run_admin("rooms", self.db).stdout.splitlines()
+        self.assertEqual(listing[1].split()[-4:], ["alice", "Release", "on", "Friday"])
+        # A room nobody has spoken in yet can be prepared too.
+        run_admin("topic", self.db, "support", "Ask here", "--by", "carol")
+        self.assertEqual(self.loaded()["support"].topic_by, "carol")
+        # Back to the default: the rows go.
+        run_admin("topic", self.db, "dev", "-")
+        done = run_admin("ops", self.db, "dev", "--remove", "alice")
+        self.assertEqual(done.stdout, "operators of Dev: (none)\n")
+        self.assertEqual(sorted(self.loaded()), ["support"])
+
+    def test_refused_while_a_server_runs(self):
+        server = ChatServer(directory=self.dir).start()
+        self.addCleanup(server.stop)
+        for args in (("topic", self.db, "dev", "hello"),
+                     ("ops", self.db, "dev", "--add", "alice")):
+            done = run_admin(*args)
+            self.assertEqual(done.returncode, 1, args)
+            self.assertIn(f"a twisted-chat server is running on {self.db}", done.stderr)
+            self.assertNotIn("Traceback", done.stderr)
+        # Reading is fine meanwhile, and nothing was changed.
+        self.assertEqual(run_admin("ops", self.db, "dev").stdout, "operators of Dev: (none)\n")
+        server.stop()
+        self.assertEqual(run_admin("topic", self.db, "dev", "hello").returncode, 0)
+        # And the server starts again on it (the lock is free once the change is done).
+        again = ChatServer(directory=self.dir).start()
+        self.addCleanup(again.stop)
+        again.stop()
+        self.assertEqual(self.loaded()["dev"].topic, "hello")
+
+    def test_bad_names(self):
+        for args, said in ((("ops", self.db, "dev", "--add", "no spaces"), "bad account name"),
+                           (("topic", self.db, "a room", "x"), "bad ROOM"),
+                           (("topic", self.db, "dev", "two\nlines"), "control characters"),
+                           (("ops", self.db, "dev", "--add", "a", "--remove", "A"),
+                            "both added and removed")):
+            done = run_admin(*args)
+            self.assertEqual(done.returncode, 1, args)
+            self.assertIn(said, done.stderr, args)
+            self.assertNotIn("Traceback", done.stderr)
+        self.assertEqual(self.loaded(), {})
