@@ -194,9 +194,11 @@ def ratio(a, b):
     return a / b if b else float("inf")
 
 
-def cpu_per_delivery(result):
-    """Server CPU seconds per million deliveries, over the steps that passed."""
-    steps = [s for s in result["steps"] if s["ok"] and s["deliveries_per_s"]]
+def cpu_per_delivery(result, passed_only=True):
+    """Server CPU seconds per million deliveries, over the steps that passed
+    (or over every step)."""
+    steps = [s for s in result["steps"]
+             if s["deliveries_per_s"] and (s["ok"] or not passed_only)]
     if not steps:
         return float("nan")
     return 1e6 * sum(s["server_cpu"] / s["deliveries_per_s"] for s in steps) / len(steps)
@@ -206,8 +208,9 @@ def report_metrics(sc, ours, on, out):
     """Metrics on vs off (``--servers ours,metrics``): the cost of counting."""
     if not (ours and on and ours["steps"] and on["steps"]):
         return
+    # A sweep's steps that failed are overload; a fixed rate has one step.
     for r in (ours, on):
-        r["cpu_s_per_m_deliveries"] = cpu_per_delivery(r)
+        r["cpu_s_per_m_deliveries"] = cpu_per_delivery(r, passed_only=sc["sweep"])
     out(f"  metrics on: {on.get('scrapes', 0)} scrapes of /metrics during the run")
     if sc["sweep"]:
         out(f"  RATIO metrics-on/off max sustained deliveries/s: "
@@ -218,7 +221,7 @@ def report_metrics(sc, ours, on, out):
     out(f"  RATIO metrics-on/off server CPU per delivery: "
         f"{ratio(on['cpu_s_per_m_deliveries'], ours['cpu_s_per_m_deliveries']):.3f}x "
         f"({on['cpu_s_per_m_deliveries']:.3f} vs {ours['cpu_s_per_m_deliveries']:.3f} "
-        f"CPU s per million deliveries, steps that passed)")
+        f"CPU s per million deliveries{', steps that passed' if sc['sweep'] else ''})")
 
 
 def report(name, sc, results, out):
