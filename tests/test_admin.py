@@ -306,9 +306,16 @@ class RoomStateTests(SynchronousTestCase):
         self.assertEqual(run_admin("ops", self.db, "dev").stdout, "operators of Dev: (none)\n")
         server.stop()
         self.assertEqual(run_admin("topic", self.db, "dev", "hello").returncode, 0)
-        # And the server starts again on it (the lock is free once the change is done).
+        # The server starts again on it (the lock is free once the change is
+        # done) and a joiner is told the topic set offline.
         again = ChatServer(directory=self.dir).start()
         self.addCleanup(again.stop)
+        client = again.client()
+        self.addCleanup(client.close)
+        client.json_mode("zed")
+        client.send("/join dev")
+        topic = client.expect_event("topic", topic="hello")
+        self.assertEqual(topic["by"], "twisted-chat-admin")
         again.stop()
         self.assertEqual(self.loaded()["dev"].topic, "hello")
 
