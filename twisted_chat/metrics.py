@@ -183,7 +183,8 @@ class _Collector:
         yield GaugeMetricFamily("chat_members", "Connected members (registered or not).",
                                 value=len(members))
         yield GaugeMetricFamily("chat_members_registered",
-                                "Members registered (in a room).",
+                                "Members registered (named, or past the grace, and seen "
+                                "by others).",
                                 value=sum(1 for member in members if member.registered))
         yield GaugeMetricFamily("chat_rooms", "Rooms that exist.", value=len(hub.rooms))
         yield GaugeMetricFamily("chat_input_paused",
