@@ -206,6 +206,14 @@ class HealthTests(SynchronousTestCase):
             "the history store failed: the history writer has stopped"]])
 
 
+    def test_a_store_without_probe_or_counts(self):
+        health = monitor.Health(self.service, self.factory, object(), self.listeners,
+                                self.clock)
+        results = []
+        health.check().addCallback(results.append)
+        self.assertEqual(results, [[]])
+
+
 class OptionTests(SynchronousTestCase):
     def test_metrics_endpoint(self):
         options = Options()

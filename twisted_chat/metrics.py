@@ -191,7 +191,9 @@ class _Collector:
                                 "1 while input is paused for a history store that is behind.",
                                 value=1 if turn.input_paused else 0)
 
-        stored, not_stored, waiting = store.stored, store.not_stored, store.waiting
+        # A store without these (another IHistoryStore) shows zeros.
+        stored, not_stored, waiting, reads = (getattr(store, name, 0) for name in (
+            "stored", "not_stored", "waiting", "reads"))
         yield CounterMetricFamily(
             "chat_messages_accepted", "Messages (room and private) accepted for storage.",
             value=stored + not_stored + waiting)
@@ -203,7 +205,7 @@ class _Collector:
         yield GaugeMetricFamily("chat_history_waiting_messages",
                                 "Messages accepted and waiting for their commit.", value=waiting)
         yield CounterMetricFamily("chat_history_reads", "Reads of the history (replays, "
-                                  "/history pages).", value=store.reads)
+                                  "/history pages).", value=reads)
         yield _histogram(HistogramMetricFamily, "chat_history_commit_seconds",
                          "Time from handing a batch to the writer to its answer.", m.commits)
         yield _histogram(HistogramMetricFamily, "chat_history_batch_messages",
