@@ -1,0 +1,309 @@
+"""Hub events as IRC lines.
+
+:class:`Renderer` turns one :class:`~twisted_chat.events.Event` into the IRC
+lines a connection receives (without CRLF). What a line looks like depends on
+the event and on two things of the recipient only: its capabilities (tags)
+and, for numerics, its nick. Events that are the same for every recipient
+with the same tag capabilities (a room's PRIVMSG, JOIN, PART...) are cached
+by the caller per (event, tag variant); see :meth:`Renderer.shared`.
+
+Rooms are channels: the room ``lobby`` is ``#lobby``. Every user's source is
+``nick!nick@HOST`` (the server name as host): the hub does not keep idents or
+addresses per face, and nobody's address is shown to others.
+"""
+
+import time
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+from .message import MAX_BODY, build, split_text
+from .numerics import NUMERIC
+
+# Events whose lines depend only on the event and the tag variant.
+SHARED = frozenset({"join", "part", "quit", "nick", "message", "private", "mode", "kick",
+                    "presence"})
+
+MODE_LETTERS = {"op": "o", "voice": "v", "ban": "b", "topic-lock": "t", "moderated": "m",
+                "invite-only": "i", "key": "k", "limit": "l"}
+
+CTCP = "\x01"
+
+
+def channel(room: str) -> str:
+    return "#" + room
+
+
+def iso_time(t: float) -> str:
+    ms = int(t * 1000)
+    stamp = datetime.fromtimestamp(ms // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ms % 1000:03d}Z"
+
+
+def ban_mask(nick: str) -> str:
+    return f"{nick}!*@*"
+
+
+class Context:
+    """What rendering needs to know of one recipient (a connection keeps one)."""
+
+    def __init__(self, nick: str = "*", caps=()):
+        self.nick = nick
+        self.caps = set(caps)
+        # The room whose names were just rendered: the topic event that
+        # follows a join's names is answered as numerics 332/333.
+        self.after_names: Optional[str] = None
+
+    @property
+    def variant(self):
+        return ("server-time" in self.caps, "message-tags" in self.caps)
+
+
+class Renderer:
+    """Renders events for one server (its name is the source of numerics)."""
+
+    def __init__(self, server: str):
+        self.server = server.replace(" ", "-") or "twisted-chat"
+        self.host = self.server
+
+    def source(self, nick: str) -> str:
+        if nick == self.server:
+            return self.server
+        return f"{nick}!{nick}@{self.host}"
+
+    # -- the two entry points ------------------------------------------------
+
+    def shared(self, event, variant) -> List[str]:
+        """The lines of an event in SHARED for every recipient of ``variant``
+        = (server-time, message-tags)."""
+        f = event.fields
+        server_time, message_tags = variant
+        tags = {}
+        if server_time and "_t" in f:
+            tags["time"] = iso_time(f["_t"])
+        return getattr(self, "_" + event.type.replace("-", "_"))(f, tags, message_tags,
+                                                                 server_time)
+
+    def direct(self, event, ctx: Context) -> List[str]:
+        """The lines of any other event, for the recipient ``ctx``."""
+        method = getattr(self, "_direct_" + event.type.replace("-", "_"), None)
+        if method is None:
+            return []
+        return method(event.fields, ctx)
+
+    def numeric(self, ctx: Context, name: str, *params) -> str:
+        return build(NUMERIC.get(name, name), [ctx.nick, *params], source=self.server)
+
+    def notice(self, ctx: Context, text: str) -> str:
+        return build("NOTICE", [ctx.nick, text], source=self.server)
+
+    # -- shared events ---------------------------------------------------------
+
+    def _join(self, f, tags, msgtags, st):
+        return [build("JOIN", [channel(f["room"])], self.source(f["nick"]), tags)]
+
+    def _part(self, f, tags, msgtags, st):
+        reason = f.get("reason") or ""
+        params = [channel(f["room"])]
+        if reason.startswith("left: "):
+            params.append(reason[len("left: "):])
+        elif reason not in ("left", ""):
+            params.append(reason)
+        return [build("PART", params, self.source(f["nick"]), tags)]
+
+    def _quit(self, f, tags, msgtags, st):
+        reason = f.get("reason") or "quit"
+        if reason.startswith("quit: "):
+            reason = "Quit: " + reason[len("quit: "):]
+        else:
+            reason = reason[:1].upper() + reason[1:]
+        return [build("QUIT", [reason], self.source(f["nick"]), tags)]
+
+    def _nick(self, f, tags, msgtags, st):
+        return [build("NICK", [f["new"]], self.source(f["old"]), tags)]
+
+    def _kick(self, f, tags, msgtags, st):
+        reason = f.get("reason") or f["nick"]
+        return [build("KICK", [channel(f["room"]), f["nick"], reason], self.source(f["by"]),
+                      tags)]
+
+    def _mode(self, f, tags, msgtags, st):
+        letter = MODE_LETTERS.get(f["mode"])
+        if letter is None:
+            return []
+        change = ("+" if f["on"] else "-") + letter
+        params = [channel(f["room"]), change]
+        if letter in "ov":
+            params.append(f["nick"])
+        elif letter == "b":
+            params.append(ban_mask(f.get("nick") or "*"))
+        elif letter == "k":
+            params.append("*")  # the key itself is never broadcast
+        elif letter == "l" and f["on"]:
+            params.append(str(f.get("value")))
+        return [build("MODE", params, self.source(f["by"]), tags)]
+
+    def _presence(self, f, tags, msgtags, st):
+        ch = channel(f["room"])
+        lines = [build("JOIN", [ch], self.source(n), tags) for n in f.get("joined", ())]
+        lines += [build("PART", [ch], self.source(n), tags) for n in f.get("left", ())]
+        return lines
+
+    def _message(self, f, tags, msgtags, st):
+        return self._privmsg(channel(f["room"]), f["nick"], f, tags, msgtags, st)
+
+    def _private(self, f, tags, msgtags, st):
+        return self._privmsg(f["to"], f["from"], f, tags, msgtags, st)
+
+    def _privmsg(self, target, nick, f, tags, msgtags, st):
+        text = f["text"]
+        if f.get("history") and not st:
+            # No server-time: the replayed line says when it was said.
+            text = time.strftime("[%Y-%m-%d %H:%M] ", time.gmtime(f["_t"])) + text
+        source = self.source(nick)
+        head = f":{source} PRIVMSG {target} :"
+        room = MAX_BODY - len(head.encode("utf-8"))
+        action = f.get("action")
+        if action:
+            room -= len(CTCP + "ACTION " + CTCP)
+        lines = []
+        for i, piece in enumerate(split_text(text, room)):
+            line_tags = dict(tags)
+            if msgtags and i == 0 and f.get("id") is not None:
+                line_tags["msgid"] = str(f["id"])
+            if action:
+                piece = f"{CTCP}ACTION {piece}{CTCP}"
+            lines.append(build("PRIVMSG", [target, piece], source, line_tags))
+        return lines
+
+    # -- direct events ----------------------------------------------------------
+
+    def _direct_names(self, f, ctx):
+        ops, voiced = set(f.get("ops", ())), set(f.get("voiced", ()))
+        multi = "multi-prefix" in ctx.caps
+        names = []
+        for nick in f["nicks"]:
+            prefix = ("@" if nick in ops else "")
+            if nick in voiced and (multi or not prefix):
+                prefix += "+"
+            names.append(prefix + nick)
+        ch = channel(f["room"])
+        head = f":{self.server} 353 {ctx.nick} = {ch} :"
+        room = MAX_BODY - len(head.encode("utf-8"))
+        lines = [self.numeric(ctx, "RPL_NAMREPLY", "=", ch, chunk)
+                 for chunk in _pack(names, room)]
+        lines.append(self.numeric(ctx, "RPL_ENDOFNAMES", ch, "End of /NAMES list"))
+        ctx.after_names = f["room"]
+        return lines
+
+    def _direct_topic(self, f, ctx):
+        ch = channel(f["room"])
+        if ctx.after_names == f["room"] or f.get("_reply"):
+            if not f.get("topic"):
+                return [self.numeric(ctx, "RPL_NOTOPIC", ch, "No topic is set")]
+            return [self.numeric(ctx, "RPL_TOPIC", ch, f["topic"]),
+                    self.numeric(ctx, "RPL_TOPICWHOTIME", ch, f.get("by") or self.server,
+                                 str(int(f.get("_t") or 0)))]
+        tags = {"time": iso_time(f["_t"])} if "server-time" in ctx.caps and "_t" in f else None
+        return [build("TOPIC", [ch, f.get("topic") or ""], self.source(f.get("by") or
+                                                                      self.server), tags)]
+
+    def _direct_invite(self, f, ctx):
+        return [build("INVITE", [ctx.nick, channel(f["room"])], self.source(f["by"]))]
+
+    def _direct_flags(self, f, ctx):
+        letters, args = "n", []
+        for name, letter in (("topic-lock", "t"), ("moderated", "m"), ("invite-only", "i")):
+            if f.get(name):
+                letters += letter
+        key = f.get("key")
+        if key:
+            letters += "k"
+            args.append(key if isinstance(key, str) else "*")
+        if f.get("limit") is not None:
+            letters += "l"
+            args.append(str(f["limit"]))
+        return [self.numeric(ctx, "RPL_CHANNELMODEIS", channel(f["room"]), "+" + letters, *args)]
+
+    def _direct_bans(self, f, ctx):
+        ch = channel(f["room"])
+        lines = [self.numeric(ctx, "RPL_BANLIST", ch, b["entry"], b.get("by") or self.server,
+                              str(int(_seconds(b.get("ts")))))
+                 for b in f.get("bans", ())]
+        lines.append(self.numeric(ctx, "RPL_ENDOFBANLIST", ch, "End of channel ban list"))
+        return lines
+
+    def _direct_rooms(self, f, ctx):
+        lines = [self.numeric(ctx, "RPL_LISTSTART", "Channel", "Users  Name")]
+        for r in f["rooms"]:
+            lines.append(self.numeric(ctx, "RPL_LIST", channel(r["name"]), str(r["members"]),
+                                      r.get("topic") or ""))
+        lines.append(self.numeric(ctx, "RPL_LISTEND", "End of /LIST"))
+        return lines
+
+    def _direct_history_end(self, f, ctx):
+        if not f.get("count"):
+            return []
+        return [self.notice(ctx, f"end of history: {f['count']} earlier messages of "
+                                 f"{channel(f['room'])}")]
+
+    def _direct_error(self, f, ctx):
+        return [self.notice(ctx, f"{f['code']}: {f['message']}")]
+
+    def _direct_info(self, f, ctx):
+        return [self.notice(ctx, f["message"])]
+
+    def _direct_pong(self, f, ctx):
+        return [build("PONG", [self.server, f.get("token") or self.server], self.server)]
+
+    def _direct_bye(self, f, ctx):
+        return [build("ERROR", [f"Closing link: {f.get('reason') or 'bye'}"])]
+
+
+def _seconds(ts) -> float:
+    if isinstance(ts, (int, float)):
+        return ts
+    if isinstance(ts, str):
+        try:
+            return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return 0
+    return 0
+
+
+def _pack(words: List[str], room: int) -> List[str]:
+    """Space-joined runs of ``words``, each at most ``room`` bytes."""
+    chunks, current, size = [], [], 0
+    for w in words:
+        n = len(w.encode("utf-8"))
+        if current and size + 1 + n > room:
+            chunks.append(" ".join(current))
+            current, size = [], 0
+        size += n + (1 if current else 0)
+        current.append(w)
+    if current or not chunks:
+        chunks.append(" ".join(current))
+    return chunks
+
+
+def isupport_lines(tokens: List[str], per_line: int = 13) -> List[List[str]]:
+    """RPL_ISUPPORT's tokens in groups of at most 13 per line."""
+    return [tokens[i:i + per_line] for i in range(0, len(tokens), per_line)]
+
+
+def render_event(renderer: Renderer, cache: Dict, event, ctx: Context) -> List[str]:
+    """Lines of ``event`` for ``ctx``; shared ones once per (event, variant)
+    through ``cache`` (the caller's: it keeps only the last event)."""
+    if event.type in SHARED:
+        variant = ctx.variant
+        if cache.get("event") is not event:
+            cache.clear()
+            cache["event"] = event
+        lines = cache.get(variant)
+        if lines is None:
+            lines = cache[variant] = renderer.shared(event, variant)
+    else:
+        lines = renderer.direct(event, ctx)
+    if event.type != "names":
+        ctx.after_names = None
+    return lines
