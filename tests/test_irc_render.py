@@ -120,6 +120,9 @@ class RenderTests(SynchronousTestCase):
     def test_topic_after_names_is_a_reply_otherwise_a_change(self):
         names = Event("names", {"room": "dev", "nicks": ["me"], "ops": [], "voiced": []})
         topic = timed("topic", room="dev", topic="plans", by="al")
+        self.lines(names)  # names alone (NAMES): a topic after it is a change
+        self.assertEqual(self.lines(topic), [":al!al@chat.example TOPIC #dev plans"])
+        self.lines(timed("join", room="dev", nick="me"))
         self.lines(names)
         self.assertEqual(self.lines(topic), [
             ":chat.example 332 me #dev plans",

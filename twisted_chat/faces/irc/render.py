@@ -49,8 +49,12 @@ class Context:
     def __init__(self, nick: str = "*", caps=()):
         self.nick = nick
         self.caps = set(caps)
-        # The room whose names were just rendered: the topic event that
-        # follows a join's names is answered as numerics 332/333.
+        # The hub answers a join with the joiner's own JOIN, names, and the
+        # topic if any, in one go: that topic is numerics 332/333, any other
+        # is a TOPIC change. ``joined`` is the room of our own JOIN just
+        # rendered, ``after_names`` the room whose join names just were;
+        # every other event, and the end of the turn, clear them.
+        self.joined: Optional[str] = None
         self.after_names: Optional[str] = None
 
     @property
@@ -192,12 +196,13 @@ class Renderer:
         lines = [self.numeric(ctx, "RPL_NAMREPLY", "=", ch, chunk)
                  for chunk in _pack(names, room)]
         lines.append(self.numeric(ctx, "RPL_ENDOFNAMES", ch, "End of /NAMES list"))
-        ctx.after_names = f["room"]
+        if ctx.joined == f["room"]:
+            ctx.after_names = f["room"]
         return lines
 
     def _direct_topic(self, f, ctx):
         ch = channel(f["room"])
-        if ctx.after_names == f["room"] or f.get("_reply"):
+        if ctx.after_names == f["room"]:
             if not f.get("topic"):
                 return [self.numeric(ctx, "RPL_NOTOPIC", ch, "No topic is set")]
             return [self.numeric(ctx, "RPL_TOPIC", ch, f["topic"]),
@@ -304,6 +309,10 @@ def render_event(renderer: Renderer, cache: Dict, event, ctx: Context) -> List[s
             lines = cache[variant] = renderer.shared(event, variant)
     else:
         lines = renderer.direct(event, ctx)
-    if event.type != "names":
-        ctx.after_names = None
+    if event.type == "join" and event.fields["nick"] == ctx.nick:
+        ctx.joined, ctx.after_names = event.fields["room"], None
+    elif event.type == "names":
+        ctx.joined = None
+    else:
+        ctx.joined = ctx.after_names = None
     return lines
