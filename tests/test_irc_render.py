@@ -34,6 +34,9 @@ class RenderTests(SynchronousTestCase):
         ctx = Context("me", {"server-time", "message-tags"})
         self.assertEqual(self.lines(e, ctx), [
             "@time=2023-11-14T22:13:20.250Z;msgid=7 :bob!bob@chat.example PRIVMSG #dev hi"])
+        self.r.account_of = {"bob": "bob"}.get
+        self.assertEqual(self.lines(e, Context("me", {"account-tag"})), [
+            "@account=bob :bob!bob@chat.example PRIVMSG #dev hi"])
         self.assertEqual(self.lines(e, Context("x", {"server-time"})), [
             "@time=2023-11-14T22:13:20.250Z :bob!bob@chat.example PRIVMSG #dev hi"])
         # The plain variant is still the plain one (the cache keys by variant).
@@ -67,6 +70,9 @@ class RenderTests(SynchronousTestCase):
     def test_membership_events(self):
         self.assertEqual(self.lines(timed("join", room="dev", nick="bob")),
                          [":bob!bob@chat.example JOIN #dev"])
+        self.assertEqual(self.lines(timed("join", room="dev", nick="bob"),
+                                    Context("me", {"extended-join"})),
+                         [":bob!bob@chat.example JOIN #dev * bob"])
         self.assertEqual(self.lines(timed("part", room="dev", nick="bob", reason="left")),
                          [":bob!bob@chat.example PART #dev"])
         self.assertEqual(self.lines(timed("part", room="dev", nick="bob",

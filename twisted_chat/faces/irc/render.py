@@ -59,15 +59,21 @@ class Context:
 
     @property
     def variant(self):
-        return ("server-time" in self.caps, "message-tags" in self.caps)
+        caps = self.caps
+        return ("server-time" in caps, "message-tags" in caps, "account-tag" in caps,
+                "extended-join" in caps)
 
 
 class Renderer:
     """Renders events for one server (its name is the source of numerics)."""
 
-    def __init__(self, server: str):
+    def __init__(self, server: str, account_of=None):
         self.server = server.replace(" ", "-") or "twisted-chat"
         self.host = self.server
+        # nick -> the account it is logged in to, or None (account-tag,
+        # extended-join): asked when an event is rendered.
+        self.account_of = account_of or (lambda nick: None)
+        self._account_tag = self._extended_join = False
 
     def source(self, nick: str) -> str:
         if nick == self.server:
@@ -78,9 +84,9 @@ class Renderer:
 
     def shared(self, event, variant) -> List[str]:
         """The lines of an event in SHARED for every recipient of ``variant``
-        = (server-time, message-tags)."""
+        = (server-time, message-tags, account-tag, extended-join)."""
         f = event.fields
-        server_time, message_tags = variant
+        server_time, message_tags, self._account_tag, self._extended_join = variant
         tags = {}
         if server_time and "_t" in f:
             tags["time"] = iso_time(f["_t"])
@@ -103,7 +109,10 @@ class Renderer:
     # -- shared events ---------------------------------------------------------
 
     def _join(self, f, tags, msgtags, st):
-        return [build("JOIN", [channel(f["room"])], self.source(f["nick"]), tags)]
+        params = [channel(f["room"])]
+        if self._extended_join:
+            params += [self.account_of(f["nick"]) or "*", f["nick"]]
+        return [build("JOIN", params, self.source(f["nick"]), tags)]
 
     def _part(self, f, tags, msgtags, st):
         reason = f.get("reason") or ""
@@ -174,6 +183,10 @@ class Renderer:
             line_tags = dict(tags)
             if msgtags and i == 0 and f.get("id") is not None:
                 line_tags["msgid"] = str(f["id"])
+            if self._account_tag and not f.get("history"):
+                account = self.account_of(nick)
+                if account:
+                    line_tags["account"] = account
             if action:
                 piece = f"{CTCP}ACTION {piece}{CTCP}"
             lines.append(build("PRIVMSG", [target, piece], source, line_tags))
@@ -184,17 +197,18 @@ class Renderer:
     def _direct_names(self, f, ctx):
         ops, voiced = set(f.get("ops", ())), set(f.get("voiced", ()))
         multi = "multi-prefix" in ctx.caps
+        full = "userhost-in-names" in ctx.caps
         names = []
         for nick in f["nicks"]:
             prefix = ("@" if nick in ops else "")
             if nick in voiced and (multi or not prefix):
                 prefix += "+"
-            names.append(prefix + nick)
+            names.append(prefix + (self.source(nick) if full else nick))
         ch = channel(f["room"])
         head = f":{self.server} 353 {ctx.nick} = {ch} :"
         room = MAX_BODY - len(head.encode("utf-8"))
         lines = [self.numeric(ctx, "RPL_NAMREPLY", "=", ch, chunk)
-                 for chunk in _pack(names, room)]
+                 for chunk in _pack(names, room)] if names else []
         lines.append(self.numeric(ctx, "RPL_ENDOFNAMES", ch, "End of /NAMES list"))
         if ctx.joined == f["room"]:
             ctx.after_names = f["room"]
@@ -309,10 +323,15 @@ def render_event(renderer: Renderer, cache: Dict, event, ctx: Context) -> List[s
             lines = cache[variant] = renderer.shared(event, variant)
     else:
         lines = renderer.direct(event, ctx)
+    track(event, ctx)
+    return lines
+
+
+def track(event, ctx: Context) -> None:
+    """What the recipient has just been told that changes how a topic reads."""
     if event.type == "join" and event.fields["nick"] == ctx.nick:
         ctx.joined, ctx.after_names = event.fields["room"], None
     elif event.type == "names":
         ctx.joined = None
     else:
         ctx.joined = ctx.after_names = None
-    return lines

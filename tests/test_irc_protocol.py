@@ -1,0 +1,535 @@
+"""The IRC face over in-memory transports: registration, capabilities,
+channels, moderation and limits, against a real Hub (no sockets)."""
+
+import base64
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat.auth import Accounts
+from twisted_chat.faces.irc import message
+from twisted_chat.faces.irc.protocol import IRCFactory
+from twisted_chat.history.interface import StoredMessage
+from twisted_chat.hub import Hub, MemoryHistory
+
+
+class IRCConn:
+    """One in-memory IRC connection."""
+
+    def __init__(self, factory, clock, port):
+        self.clock = clock
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self.proto = factory.buildProtocol(self.transport.getPeer())
+        self.proto.makeConnection(self.transport)
+
+    def send(self, *lines):
+        self.proto.dataReceived("".join(line + "\r\n" for line in lines).encode("utf-8"))
+        self.clock.advance(0)
+
+    def send_raw(self, data: bytes):
+        self.proto.dataReceived(data)
+        self.clock.advance(0)
+
+    def lines(self):
+        self.clock.advance(0)
+        data = self.transport.value()
+        self.transport.clear()
+        assert data == b"" or data.endswith(b"\r\n"), data
+        return [line for line in data.decode("utf-8").split("\r\n") if line]
+
+    def messages(self):
+        return [message.parse(line) for line in self.lines()]
+
+    def commands(self):
+        return [m.command for m in self.messages()]
+
+
+class IRCTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.hub = Hub(server_name="chat.test", motd="be nice", clock=self.clock.seconds,
+                       replay=0)
+        self.factory = IRCFactory(self.hub, clock=self.clock, rate=5, burst=20)
+        self._port = 40000
+        self.conns = []
+
+    def connect(self, nick=None, caps=()):
+        self._port += 1
+        c = IRCConn(self.factory, self.clock, self._port)
+        self.conns.append(c)
+        if caps:
+            c.send("CAP LS 302", "CAP REQ :" + " ".join(caps))
+        if nick:
+            c.send(f"NICK {nick}", f"USER {nick} 0 * :{nick} real")
+            if caps:
+                c.send("CAP END")
+        for each in self.conns:
+            each.lines()
+        return c
+
+
+class RegistrationTests(IRCTestCase):
+    def test_welcome_burst(self):
+        c = IRCConn(self.factory, self.clock, 1)
+        c.send("NICK alice")
+        self.assertEqual(c.lines(), [])
+        c.send("USER alice 0 * :Alice A")
+        msgs = c.messages()
+        commands = [m.command for m in msgs]
+        self.assertEqual(commands[:4], ["001", "002", "003", "004"])
+        self.assertEqual(msgs[0].params[0], "alice")
+        self.assertIn("alice!alice@chat.test", msgs[0].params[-1])
+        isupport = [m for m in msgs if m.command == "005"]
+        self.assertGreaterEqual(len(isupport), 2)
+        tokens = []
+        for m in isupport:
+            self.assertLessEqual(len(m.params) - 2, 13)
+            self.assertEqual(m.params[-1], "are supported by this server")
+            tokens += m.params[1:-1]
+        self.assertIn("CASEMAPPING=rfc8265", tokens)
+        self.assertIn("CHANTYPES=#", tokens)
+        self.assertIn("PREFIX=(ov)@+", tokens)
+        self.assertIn("NETWORK=chat.test", tokens)
+        for numeric in ("251", "254", "255", "375", "372", "376"):
+            self.assertIn(numeric, commands)
+        self.assertIn(["alice", "- be nice"], [m.params for m in msgs if m.command == "372"])
+        # Then the hub's registration: into the default room.
+        tail = commands[commands.index("376") + 1:]
+        self.assertEqual(tail, ["JOIN", "353", "366"])
+        join = msgs[commands.index("JOIN")]
+        self.assertEqual((join.source, join.params), ("alice!alice@chat.test", ["#lobby"]))
+
+    def test_no_motd(self):
+        self.hub.motd = None
+        c = IRCConn(self.factory, self.clock, 1)
+        c.send("NICK alice", "USER a 0 * :A")
+        self.assertIn("422", c.commands())
+
+    def test_cap_negotiation_holds_registration(self):
+        c = IRCConn(self.factory, self.clock, 1)
+        c.send("CAP LS 302", "NICK alice", "USER a 0 * :A")
+        (ls,) = c.messages()
+        self.assertEqual(ls.command, "CAP")
+        self.assertEqual(ls.params[:2], ["*", "LS"])
+        self.assertEqual(set(ls.params[2].split()),
+                         {"server-time", "message-tags", "echo-message", "multi-prefix",
+                          "userhost-in-names", "cap-notify", "batch", "account-tag",
+                          "extended-join"})
+        c.send("CAP REQ :server-time echo-message")
+        (ack,) = c.messages()
+        self.assertEqual(ack.params[1:], ["ACK", "server-time echo-message"])
+        c.send("CAP REQ :server-time bogus")
+        (nak,) = c.messages()
+        self.assertEqual(nak.params[1:], ["NAK", "server-time bogus"])
+        c.send("CAP LIST")
+        (listed,) = c.messages()
+        self.assertEqual(listed.params[1:], ["LIST", "echo-message server-time"])
+        self.assertNotIn("alice", [m.nick for m in self.hub.rooms["lobby"].members])
+        c.send("CAP END")
+        commands = c.commands()
+        self.assertEqual(commands[0], "001")
+        self.assertIn("JOIN", commands)
+
+    def test_nick_in_use_then_another(self):
+        self.connect("alice")
+        c = IRCConn(self.factory, self.clock, 9)
+        c.send("NICK Alice", "USER a 0 * :A")
+        (m,) = c.messages()
+        self.assertEqual(m.command, "433")
+        self.assertEqual(m.params[:2], ["*", "Alice"])
+        c.send("NICK alice2")
+        self.assertEqual(c.commands()[0], "001")
+
+    def test_erroneous_nick(self):
+        c = IRCConn(self.factory, self.clock, 9)
+        c.send("NICK 9lives")
+        (m,) = c.messages()
+        self.assertEqual(m.command, "432")
+
+    def test_commands_before_registration(self):
+        c = IRCConn(self.factory, self.clock, 9)
+        c.send("JOIN #dev", "PING tok")
+        msgs = c.messages()
+        self.assertEqual([m.command for m in msgs], ["451", "PONG"])
+        self.assertEqual(msgs[1].params, ["chat.test", "tok"])
+
+    def test_registration_timeout(self):
+        c = IRCConn(self.factory, self.clock, 9)
+        c.send("NICK alice")
+        self.clock.advance(61)
+        (m,) = c.messages()
+        self.assertEqual(m.command, "ERROR")
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_user_mode_query(self):
+        c = self.connect("alice")
+        c.send("MODE alice", "MODE alice +i")
+        self.assertEqual(c.commands(), ["221", "501"])
+
+
+class ChannelTests(IRCTestCase):
+    def test_privmsg_between_members(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("PRIVMSG #lobby :hello there")
+        self.assertEqual(a.lines(), [])  # no echo-message
+        self.assertEqual(b.lines(), [":alice!alice@chat.test PRIVMSG #lobby :hello there"])
+        a.send("PRIVMSG #lobby :\x01ACTION waves\x01")
+        self.assertEqual(b.lines(),
+                         [":alice!alice@chat.test PRIVMSG #lobby :\x01ACTION waves\x01"])
+
+    def test_echo_message_with_tags(self):
+        a = self.connect("alice", caps=("echo-message", "message-tags", "server-time"))
+        b = self.connect("bob")
+        a.send("PRIVMSG #lobby :hi")
+        (echo,) = a.messages()
+        self.assertEqual(echo.command, "PRIVMSG")
+        self.assertEqual(set(echo.tags), {"time", "msgid"})
+        self.assertEqual(echo.tags["time"], "2023-11-14T22:13:20.000Z")
+        self.assertEqual(b.lines(), [":alice!alice@chat.test PRIVMSG #lobby hi"])
+
+    def test_private_message(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("PRIVMSG bob :psst")
+        self.assertEqual(b.lines(), [":alice!alice@chat.test PRIVMSG bob psst"])
+        a.send("PRIVMSG nobody :psst")
+        (m,) = a.messages()
+        self.assertEqual((m.command, m.params[1]), ("401", "nobody"))
+
+    def test_controls_are_stripped_and_ctcp_dropped(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("PRIVMSG #lobby :\x1b[31mred\x02bold\x00", "PRIVMSG bob :\x01VERSION\x01")
+        self.assertEqual(b.lines(), [":alice!alice@chat.test PRIVMSG #lobby [31mredbold"])
+
+    def test_join_part_topic(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("JOIN #dev")
+        msgs = a.messages()
+        self.assertEqual([m.command for m in msgs], ["JOIN", "353", "366"])
+        self.assertEqual(msgs[1].params, ["alice", "=", "#dev", "@alice"])
+        a.send("TOPIC #dev :release plans")  # just after the join: still a change
+        (topic,) = a.messages()
+        self.assertEqual((topic.command, topic.params), ("TOPIC", ["#dev", "release plans"]))
+        b.send("JOIN #dev")
+        msgs = b.messages()
+        self.assertEqual([m.command for m in msgs], ["JOIN", "353", "366", "332", "333"])
+        self.assertEqual(msgs[3].params, ["bob", "#dev", "release plans"])
+        self.assertEqual(msgs[4].params[:3], ["bob", "#dev", "alice"])
+        self.assertEqual([m.command for m in a.messages()], ["JOIN"])
+        b.send("TOPIC #dev")
+        self.assertEqual(b.commands(), ["332", "333"])
+        b.send("PART #dev :bye now")
+        (part,) = a.messages()
+        self.assertEqual((part.command, part.params), ("PART", ["#dev", "bye now"]))
+        self.assertEqual(b.commands(), ["PART"])
+        b.send("TOPIC #dev :mine")
+        (m,) = b.messages()
+        self.assertEqual(m.command, "442")
+
+    def test_join_several_with_keys_and_errors(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("JOIN #dev", "MODE #dev +k sesame")
+        a.lines()
+        b.send("JOIN #dev,#ops")
+        msgs = b.messages()
+        self.assertEqual(msgs[0].command, "475")
+        self.assertEqual(msgs[1:4][0].command, "JOIN")
+        b.send("JOIN #dev sesame")
+        self.assertEqual(b.commands()[0], "JOIN")
+        b.send("JOIN #dev")
+        self.assertEqual(b.lines(), [])  # already there
+
+    def test_names_who_whois_list_ison(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("JOIN #dev", "TOPIC #dev :t")
+        a.lines()
+        b.send("NAMES #lobby")
+        msgs = b.messages()
+        self.assertEqual([m.command for m in msgs], ["353", "366"])
+        self.assertEqual(set(msgs[0].params[-1].split()), {"alice", "bob"})
+        b.send("WHO #dev")
+        msgs = b.messages()
+        self.assertEqual([m.command for m in msgs], ["352", "315"])
+        self.assertEqual(msgs[0].params[1:7], ["#dev", "alice", "chat.test", "chat.test",
+                                               "alice", "H@"])
+        b.send("WHOIS alice")
+        msgs = b.messages()
+        self.assertEqual([m.command for m in msgs], ["311", "319", "312", "318"])
+        self.assertEqual(set(msgs[1].params[-1].split()), {"#lobby", "@#dev"})
+        b.send("WHOIS ghost")
+        self.assertEqual(b.commands(), ["401", "318"])
+        b.send("LIST")
+        msgs = b.messages()
+        self.assertEqual([m.command for m in msgs], ["321", "322", "322", "323"])
+        self.assertEqual(msgs[1].params[1:], ["#dev", "1", "t"])
+        b.send("ISON alice ghost Bob")
+        (m,) = b.messages()
+        self.assertEqual(m.params, ["bob", "alice bob"])
+
+    def test_nick_change_seen_by_neighbours(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("NICK alicia")
+        self.assertEqual(a.lines(), [":alice!alice@chat.test NICK alicia"])
+        self.assertEqual(b.lines(), [":alice!alice@chat.test NICK alicia"])
+        a.send("WHOIS bob")
+        self.assertEqual(a.messages()[0].params[0], "alicia")  # numerics to the new nick
+        b.send("NICK alicia")
+        (m,) = b.messages()
+        self.assertEqual((m.command, m.params[1]), ("433", "alicia"))
+
+    def test_quit(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("QUIT :lunch")
+        self.assertEqual(a.commands(), ["ERROR"])
+        self.assertTrue(a.transport.disconnecting)
+        self.assertEqual(b.lines(), [":alice!alice@chat.test QUIT :Quit: lunch"])
+
+    def test_ping_pong(self):
+        a = self.connect("alice")
+        a.send("PING :abc def")
+        self.assertEqual(a.lines(), [":chat.test PONG chat.test :abc def"])
+
+
+class ModerationTests(IRCTestCase):
+    def setUp(self):
+        super().setUp()
+        self.a, self.b = self.connect("alice"), self.connect("bob")
+        self.a.send("JOIN #dev")
+        self.b.send("JOIN #dev")
+        self.a.lines()
+        self.b.lines()
+
+    def test_kick(self):
+        self.a.send("KICK #dev bob :spam")
+        line = ":alice!alice@chat.test KICK #dev bob spam"
+        self.assertEqual(self.a.lines(), [line])
+        self.assertEqual(self.b.lines(), [line])
+        self.b.send("PRIVMSG #dev :still here?")
+        (m,) = self.b.messages()
+        self.assertEqual(m.command, "404")
+
+    def test_not_operator(self):
+        self.b.send("KICK #dev alice", "MODE #dev +m", "MODE #dev +o bob")
+        msgs = self.b.messages()
+        self.assertEqual([m.command for m in msgs], ["482", "482", "482"])
+        self.assertEqual(msgs[0].params[1], "#dev")
+
+    def test_modes(self):
+        self.a.send("MODE #dev +mt", "MODE #dev +v bob", "MODE #dev +l 5", "MODE #dev")
+        lines = self.a.lines()
+        self.assertEqual([line.split(" ", 1)[1] for line in lines], [
+            "MODE #dev +m", "MODE #dev +t", "MODE #dev +v bob", "MODE #dev +l 5",
+            "324 alice #dev +ntml 5"])
+        self.assertEqual(self.b.lines(), lines[:4])
+        self.a.send("MODE #dev -v bob", "MODE #dev +z")
+        msgs = self.a.messages()
+        self.assertEqual([m.command for m in msgs], ["MODE", "472"])
+        self.b.lines()
+        self.b.send("PRIVMSG #dev :hi")
+        (m,) = self.b.messages()
+        self.assertEqual(m.command, "404")
+
+    def test_op_and_names_prefixes(self):
+        self.a.send("MODE #dev +o bob")
+        self.b.lines()
+        self.b.send("NAMES #dev")
+        names = self.b.messages()[0].params[-1].split()
+        self.assertEqual(sorted(names), ["@alice", "@bob"])
+
+    def test_ban_list_and_unban(self):
+        self.a.send("MODE #dev +b bob")
+        (m,) = self.a.messages()
+        self.assertEqual(m.params, ["#dev", "+b", "bob!*@*"])
+        self.a.send("MODE #dev +b")
+        msgs = self.a.messages()
+        self.assertEqual([m.command for m in msgs], ["367", "368"])
+        self.assertEqual(msgs[0].params[1:3], ["#dev", "address:127.0.0.1"])
+        self.a.send("MODE #dev -b bob!*@*")
+        (m,) = self.a.messages()
+        self.assertEqual(m.params, ["#dev", "-b", "bob!*@*"])
+
+    def test_ban_list_for_non_operators(self):
+        self.b.send("MODE #dev +b", "MODE #dev b")
+        msgs = self.b.messages()
+        self.assertEqual([m.command for m in msgs], ["368", "368"])
+        self.assertIn("operators only", msgs[0].params[-1])
+
+    def test_invite(self):
+        c = self.connect("carol")
+        self.a.send("MODE #dev +i")
+        self.a.lines()
+        c.send("JOIN #dev")
+        self.assertEqual(c.commands(), ["473"])
+        self.a.send("INVITE carol #dev")
+        self.assertEqual(self.a.commands(), ["341"])
+        self.assertEqual(c.lines(), [":alice!alice@chat.test INVITE carol #dev"])
+        c.send("JOIN #dev")
+        self.assertEqual(c.commands()[0], "JOIN")
+
+
+class LimitTests(IRCTestCase):
+    def test_input_too_long_keeps_the_connection(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("PRIVMSG #lobby :" + "x" * 600)
+        (m,) = a.messages()
+        self.assertEqual(m.command, "417")
+        a.send_raw(b"PRIVMSG #lobby :" + b"y" * 10000)
+        a.send_raw(b"z" * 100 + b"\r\nPRIVMSG #lobby :ok\r\n")
+        self.assertEqual(a.commands(), ["417"])
+        self.assertEqual(b.lines(), [":alice!alice@chat.test PRIVMSG #lobby ok"])
+
+    def test_tags_allowed_beyond_512(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send("@+draft/x=" + "t" * 3000 + " PRIVMSG #lobby :tagged")
+        self.assertEqual(b.lines(), [":alice!alice@chat.test PRIVMSG #lobby tagged"])
+
+    def test_bad_utf8(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.send_raw(b"PRIVMSG #lobby :\xff\xfe\r\n")
+        (m,) = a.messages()
+        self.assertEqual((m.command, m.params[:2]), ("FAIL", ["PRIVMSG", "INVALID_UTF8"]))
+        self.assertEqual(b.lines(), [])
+
+    def test_rate_limit_delays_instead_of_dropping(self):
+        a, b = self.connect("alice"), self.connect("bob")
+        a.proto.bucket.tokens = 2
+        a.send(*[f"PRIVMSG #lobby :{i}" for i in range(5)])
+        self.assertEqual(len(b.lines()), 2)
+        self.assertEqual(a.transport.producerState, "paused")
+        self.clock.advance(0.2)
+        self.assertEqual(len(b.lines()), 1)
+        self.clock.advance(0.4)
+        self.assertEqual([message.parse(x).params[1] for x in b.lines()], ["3", "4"])
+        self.assertEqual(a.transport.producerState, "producing")
+
+    def test_quit_is_never_delayed(self):
+        a = self.connect("alice")
+        a.proto.bucket.tokens = 0
+        a.send("QUIT :now")
+        self.assertEqual(a.commands(), ["ERROR"])
+
+
+class AccountTests(IRCTestCase):
+    def setUp(self):
+        super().setUp()
+        checker = InMemoryUsernamePasswordDatabaseDontUse()
+        checker.addUser("alice", "pw-a")
+        self.accounts = Accounts([checker], self.clock)
+        self.hub.reserved = self.accounts.reserved
+        self.factory.accounts = self.accounts
+
+    def sasl(self, c, name, password, nick="someone"):
+        c.send("CAP LS 302")
+        (ls,) = c.messages()
+        self.assertIn("sasl=PLAIN", ls.params[-1].split())
+        c.send("CAP REQ sasl", "NICK " + nick, "USER u 0 * :U", "AUTHENTICATE PLAIN")
+        self.assertEqual([m.command for m in c.messages()], ["CAP", "AUTHENTICATE"])
+        token = base64.b64encode(f"\0{name}\0{password}".encode()).decode()
+        c.send("AUTHENTICATE " + token)
+        return c.messages()
+
+    def test_sasl_plain(self):
+        c = IRCConn(self.factory, self.clock, 5)
+        msgs = self.sasl(c, "alice", "pw-a")
+        self.assertEqual([m.command for m in msgs], ["900", "903"])
+        self.assertEqual(msgs[0].params[1:3], ["alice!alice@chat.test", "alice"])
+        c.send("CAP END")
+        msgs = c.messages()
+        self.assertEqual((msgs[0].command, msgs[0].params[0]), ("001", "alice"))
+        self.assertNotIn("NICK", [m.command for m in msgs])
+        self.assertEqual(self.hub.members["alice"].account, "alice")
+        c.send("WHOIS alice")
+        self.assertIn("330", c.commands())
+        d = self.connect("dora", caps=("account-tag", "extended-join"))
+        c.send("PRIVMSG #lobby :hi")
+        self.assertEqual(d.lines(), ["@account=alice :alice!alice@chat.test PRIVMSG #lobby hi"])
+        d.send("JOIN #dev")
+        d.lines()
+        c.send("JOIN #dev")
+        self.assertEqual(d.lines(), [":alice!alice@chat.test JOIN #dev alice alice"])
+
+    def test_sasl_failure_then_guest(self):
+        c = IRCConn(self.factory, self.clock, 5)
+        msgs = self.sasl(c, "alice", "wrong", nick="alice")
+        self.assertEqual([m.command for m in msgs], ["904"])
+        c.send("CAP END")
+        (m,) = c.messages()
+        self.assertEqual((m.command, m.params[1]), ("433", "alice"))  # reserved
+        c.send("NICK bob")
+        self.assertEqual(c.commands()[0], "001")
+
+    def test_pass_login(self):
+        c = IRCConn(self.factory, self.clock, 5)
+        c.send("PASS alice:pw-a", "NICK al", "USER u 0 * :U")
+        msgs = c.messages()
+        self.assertEqual((msgs[0].command, msgs[0].params[0]), ("001", "alice"))
+
+    def test_pass_with_nick_as_account(self):
+        c = IRCConn(self.factory, self.clock, 5)
+        c.send("PASS pw-a", "NICK alice", "USER u 0 * :U")
+        self.assertEqual(c.messages()[0].params[0], "alice")
+
+    def test_bad_pass_closes(self):
+        c = IRCConn(self.factory, self.clock, 5)
+        c.send("PASS alice:nope", "NICK al", "USER u 0 * :U")
+        self.assertEqual(c.commands(), ["464", "ERROR"])
+        self.assertTrue(c.transport.disconnecting)
+
+
+class _ListHistory(MemoryHistory):
+    """Keeps room messages in a list and replays them (no database)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def append(self, record, done, failed=None):
+        kind, room, room_name, nick, target, text, action, t = record
+        self._last_id += 1
+        if kind == "message":
+            self.rows.append((room, StoredMessage(self._last_id, t, room_name, nick, text,
+                                                  action)))
+        done(self._last_id)
+
+    def before(self, room, before_id, limit):
+        rows = [r for key, r in self.rows if key == room and r.id < before_id]
+        return succeed(rows[-limit:])
+
+
+class ReplayTests(IRCTestCase):
+    def setUp(self):
+        super().setUp()
+        self.hub.history = _ListHistory()
+        self.hub.replay = 10
+
+    def test_replay_in_a_batch_with_times(self):
+        a = self.connect("alice")
+        a.send("JOIN #dev", "PRIVMSG #dev :first", "PRIVMSG #dev :\x01ACTION second\x01")
+        self.clock.advance(60)
+        b = self.connect("bob", caps=("batch", "server-time", "message-tags"))
+        b.send("JOIN #dev")
+        msgs = b.messages()
+        self.assertEqual([m.command for m in msgs],
+                         ["JOIN", "353", "366", "BATCH", "PRIVMSG", "PRIVMSG", "BATCH"])
+        start, end = msgs[3], msgs[6]
+        self.assertEqual(start.params[1:], ["chathistory", "#dev"])
+        ref = start.params[0][1:]
+        self.assertEqual(end.params, ["-" + ref])
+        for m in msgs[4:6]:
+            self.assertEqual(m.tags["batch"], ref)
+            self.assertEqual(m.tags["time"], "2023-11-14T22:13:20.000Z")
+            self.assertIn("msgid", m.tags)
+        self.assertEqual(msgs[5].params[1], "\x01ACTION second\x01")
+
+    def test_replay_without_batch_says_when(self):
+        a = self.connect("alice")
+        a.send("JOIN #dev", "PRIVMSG #dev :first")
+        b = self.connect("bob")
+        b.send("JOIN #dev")
+        msgs = b.messages()
+        self.assertEqual([m.command for m in msgs], ["JOIN", "353", "366", "PRIVMSG", "NOTICE"])
+        self.assertEqual(msgs[3].params[1], "[2023-11-14 22:13] first")
