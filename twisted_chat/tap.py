@@ -114,6 +114,7 @@ class Options(AuthOptionMixin, usage.Options):
         self["ports"] = []
         self["web"] = []
         self["web-origins"] = []
+        self["irc"] = []
         self["admins"] = []
 
     def opt_admin(self, value):
@@ -143,6 +144,10 @@ class Options(AuthOptionMixin, usage.Options):
             except ValueError:
                 raise usage.UsageError(f"bad --web-origin {value!r}: give scheme://host[:port]")
         self["web-origins"].append(value)
+
+    def opt_irc(self, value):
+        """Also serve IRC clients on this endpoint (repeatable): tcp:6667, ssl:6697:privateKey=KEY:certKey=CERT, or a bare port number (docs/irc.rst)."""  # noqa: E501
+        self["irc"].append(endpoint_description(value))
 
     def postOptions(self):
         from twisted.internet import reactor
@@ -186,6 +191,13 @@ class Options(AuthOptionMixin, usage.Options):
                     reactor, with_backlog(description, self["listen-backlog"])))
             except Exception as e:
                 raise usage.UsageError(f"bad --web {description!r}: {e}")
+        self["irc-endpoints"] = []
+        for description in self["irc"]:
+            try:
+                self["irc-endpoints"].append(serverFromString(
+                    reactor, with_backlog(description, self["listen-backlog"])))
+            except Exception as e:  # the parser raises many types; all mean "bad"
+                raise usage.UsageError(f"bad --irc {description!r}: {e}")
         try:
             self["default-room"] = valid_room(self["default-room"])
         except ChatError as e:
@@ -286,6 +298,14 @@ def makeService(options) -> service.IService:
     for description, endpoint in zip(options["ports"], options["endpoints"]):
         listeners.append(_Announced(endpoint, description))
         StreamServerEndpointService(listeners[-1], factory).setServiceParent(top)
+    if options["irc"]:
+        from .faces.irc.protocol import IRCFactory
+
+        irc = IRCFactory(hub, turn=turn, accounts=accounts, max_backlog=options["max-backlog"],
+                         rate=options["rate"], burst=options["burst"])
+        for description, endpoint in zip(options["irc"], options["irc-endpoints"]):
+            StreamServerEndpointService(_Announced(endpoint, description, what="irc"),
+                                        irc).setServiceParent(top)
     if options.get("metrics"):
         from .monitor import monitor
 
