@@ -4,7 +4,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_chat.events import Event
 from twisted_chat.faces.irc import message
-from twisted_chat.faces.irc.render import Context, Renderer, isupport_lines, render_event
+from twisted_chat.faces.irc.render import (Context, Renderer, SharedCache, isupport_lines,
+                                           render_event)
 
 T = 1_700_000_000.25
 
@@ -17,7 +18,7 @@ class RenderTests(SynchronousTestCase):
     def setUp(self):
         self.r = Renderer("chat.example")
         self.ctx = Context("me")
-        self.cache = {}
+        self.cache = SharedCache()
 
     def lines(self, event, ctx=None):
         return render_event(self.r, self.cache, event, ctx or self.ctx)

@@ -29,8 +29,8 @@ from ...errors import ChatError
 from ...protocol import _tune_socket as tune_socket
 from ...events import Event
 from .message import MAX_LINE, BadMessage, LineTooLong, build, check_length, parse
-from .render import (SHARED, Context, Renderer, channel, isupport_lines, render_event,
-                     track)
+from .render import (SHARED, Context, Renderer, SharedCache, channel, isupport_lines,
+                     render_event, track)
 
 MAX_TOPIC = getattr(names, "MAX_TOPIC", 300)
 MAX_REASON = getattr(names, "MAX_REASON", 300)
@@ -341,10 +341,11 @@ class IRCProtocol(Protocol):
             return
         if event.type == "rooms":
             event = self._with_topics(event)
-        cache = self.factory.cache
-        if event.type in SHARED and self._batch is None and cache.get("event") is event:
-            data = cache.get(("bytes", ctx.variant))
-            if data is not None:  # the same bytes as the last member's
+        shared = event.type in SHARED and self._batch is None
+        if shared:
+            per_event = self.factory.cache.of(event)
+            data = per_event.get(("bytes", ctx.variant))
+            if data is not None:  # the same bytes as another member's
                 track(event, ctx)
                 self.outlet.queue(data)
                 return
@@ -355,8 +356,8 @@ class IRCProtocol(Protocol):
             lines = self._batched(event, lines)
         if lines:
             data = "".join([line + "\r\n" for line in lines]).encode("utf-8")
-            if event.type in SHARED and self._batch is None and cache.get("event") is event:
-                cache["bytes", ctx.variant] = data
+            if shared:
+                per_event["bytes", ctx.variant] = data
             self.outlet.queue(data)
 
     def _batched(self, event, lines):
@@ -1055,7 +1056,7 @@ class IRCFactory(Factory):
         self.renderer = Renderer(hub.server_name, self._account_of)
         # The last shared event's lines per tag variant: a room event goes to
         # its IRC members one after the other, and is rendered once.
-        self.cache = {}
+        self.cache = SharedCache()
         self.started = self.clock.seconds()
 
     def _account_of(self, nick):

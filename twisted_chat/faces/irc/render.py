@@ -310,17 +310,38 @@ def isupport_lines(tokens: List[str], per_line: int = 13) -> List[List[str]]:
     return [tokens[i:i + per_line] for i in range(0, len(tokens), per_line)]
 
 
-def render_event(renderer: Renderer, cache: Dict, event, ctx: Context) -> List[str]:
+class SharedCache:
+    """The lines (and the caller's bytes) of SHARED events, per event and
+    variant: a turn's room events reach each IRC member in turn, often
+    several at once (a join storm), and each is rendered once per variant.
+    Bounded: past LIMIT events it starts again."""
+
+    LIMIT = 4096
+
+    def __init__(self):
+        self._entries = {}  # id(event) -> (event, {variant: lines, ...})
+
+    def of(self, event) -> Dict:
+        entry = self._entries.get(id(event))
+        if entry is None or entry[0] is not event:
+            if len(self._entries) >= self.LIMIT:
+                self._entries.clear()
+            entry = self._entries[id(event)] = (event, {})
+        return entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def render_event(renderer: Renderer, cache: SharedCache, event, ctx: Context) -> List[str]:
     """Lines of ``event`` for ``ctx``; shared ones once per (event, variant)
-    through ``cache`` (the caller's: it keeps only the last event)."""
+    through ``cache``."""
     if event.type in SHARED:
         variant = ctx.variant
-        if cache.get("event") is not event:
-            cache.clear()
-            cache["event"] = event
-        lines = cache.get(variant)
+        per_event = cache.of(event)
+        lines = per_event.get(variant)
         if lines is None:
-            lines = cache[variant] = renderer.shared(event, variant)
+            lines = per_event[variant] = renderer.shared(event, variant)
     else:
         lines = renderer.direct(event, ctx)
     track(event, ctx)
