@@ -202,6 +202,24 @@ class CrossFaceTests(IRCServerTestCase):
         m = alice.expect_msg("KICK", "#dev", "bob")
         self.assertEqual(m.params[2], "enough")
 
+    def test_history_replay_to_an_irc_joiner(self):
+        bob = self.line("bob")
+        bob.send("/join dev", "said before alice came", "/me waited")
+        bob.expect_event("message", text="waited")
+        alice = self.irc("alice", caps=("batch", "server-time", "message-tags"))
+        alice.send("JOIN #dev")
+        start = alice.expect_msg("BATCH")
+        self.assertEqual(start.params[1:], ["chathistory", "#dev"])
+        first, second, end = alice.msg(), alice.msg(), alice.msg()
+        self.assertEqual((first.command, first.params), ("PRIVMSG", ["#dev",
+                                                                     "said before alice came"]))
+        self.assertEqual(second.params[1], "\x01ACTION waited\x01")
+        for m in (first, second):
+            self.assertEqual(m.tags["batch"], start.params[0][1:])
+            self.assertIn("time", m.tags)
+            self.assertIn("msgid", m.tags)
+        self.assertEqual((end.command, end.params), ("BATCH", ["-" + start.params[0][1:]]))
+
     def test_line_user_joins_irc_channel_and_quits(self):
         alice = self.irc("alice")
         bob = self.line("bob")
