@@ -144,6 +144,22 @@ class OutletTests(Harness):
         self.clock.advance(0)
         self.assertIn(b"<guest2> hi all\r\n", face.written())
 
+    def test_a_reply_the_face_renders_goes_behind_the_room_events_owed(self):
+        face = Face(self.turn, self.hub, mode=TEXT)
+        proto, _ = self.connect(self.line)
+        self.hub.register(face.member)
+        self.clock.advance(3)
+        face.written()
+        proto.dataReceived(b"first\n")  # the room's batch holds it until the turn ends
+        face.outlet.queue(b"REPLY\r\n")
+        self.assertIsNone(face.member.express)
+        self.clock.advance(0)
+        data = face.written()
+        self.assertTrue(data.endswith(b"<guest2> first\r\nREPLY\r\n"), data)
+        proto.dataReceived(b"second\n")
+        self.clock.advance(0)
+        self.assertTrue(face.written().endswith(b"<guest2> second\r\n"))
+
     def test_overflow_tells_the_face_and_says_bye(self):
         face = Face(self.turn, self.hub, mode=TEXT, limit=10)
         face.outlet.output.pauseProducing()

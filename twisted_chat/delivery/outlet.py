@@ -182,11 +182,15 @@ class Outlet:
 
     def deliver(self, event) -> None:
         """Queue ``event`` for this connection; it leaves at the end of the turn."""
+        self.queue(event.encode(self.mode))
+
+    def queue(self, data: bytes) -> None:
+        """Queue bytes for this connection's next write: an event's rendering,
+        or a reply the face rendered itself (one that is no hub event)."""
         member = self.member
         if member is not None:
-            fanout.catch_up(member)  # room events before this one go first
+            fanout.catch_up(member)  # room events owed so far go first
         out = self._out
-        data = event.encode(self.mode)
         out.append(data)
         counts = self.turn.counts
         counts.deliveries += 1
