@@ -243,3 +243,34 @@ class ExpressTests(ExpressTestCase):
         self.assertIn(b.member, list(self.hub.rooms.values())[0].members)
         a.send("after shutdown")
         self.assertNotIn("after shutdown", [e.get("text") for e in b.events()])
+
+    def test_any_shared_rendering_is_express(self):
+        from .test_render import frames  # registers the rendering test-frame
+
+        a, b = self.connect("alice"), self.connect("bob")
+        b.proto.outlet.set_mode("test-frame")
+        self.assertEqual(b.member.express_via[1], "test-frame")
+        self.assertIs(b.member.express, b.transport.socket)
+        audited = self.audited
+        a.send("framed")
+        self.clock.advance(0)
+        b.read()
+        self.assertEqual([e.get("text") for e in frames(b.buffer)], ["framed"])
+        self.assertGreater(self.audited, audited)
+        self.assertEqual(a.texts(), ["framed"])
+
+    def test_a_personal_event_is_rendered_for_each_express_member(self):
+        from . import test_render  # noqa: F401 (registers the rendering test-addressed)
+
+        a, b, c = self.connect("alice"), self.connect("bob"), self.connect("carol")
+        for conn in (b, c):
+            conn.lines()
+            conn.proto.outlet.set_mode("test-addressed")
+            self.assertIs(conn.member.express, conn.transport.socket)
+        a.send("psst")
+        for conn, nick in ((b, "bob"), (c, "carol")):
+            conn.read()
+            self.assertEqual(conn.buffer, f"{nick}: message psst\r\n".encode())
+            self.assertIs(conn.member.express, conn.transport.socket)
+        self.assertEqual(a.texts(), ["psst"])
+        self.assertGreater(self.audited, 0)

@@ -1,13 +1,19 @@
-"""Server events and their two renderings: JSON lines and readable text lines.
+"""Server events, and the line face's two renderings of them: JSON lines and
+readable text lines.
 
 An :class:`Event` is built once by the core and rendered at most once per
-output mode, however many connections receive it: the encoded bytes (with the
-CRLF terminator) are cached on the event.
+rendering, however many connections receive it: the encoded bytes (with
+their framing, here the CRLF terminator) are cached on the event. Renderings
+are a registry keyed by mode (:mod:`twisted_chat.delivery.render`): ``text``
+and ``json`` are registered here, other faces register their own.
 """
 
 import json
 import time
 from datetime import datetime, timezone
+
+from .delivery.render import register_rendering
+from .delivery.render import render as _render
 
 JSON = "json"
 TEXT = "text"
@@ -162,13 +168,12 @@ class Event:
     time behind ``ts``) and never rendered.
     """
 
-    __slots__ = ("type", "fields", "_json", "_text")
+    __slots__ = ("type", "fields", "_enc")
 
     def __init__(self, type: str, fields: dict):
         self.type = type
         self.fields = fields
-        self._json = None
-        self._text = None
+        self._enc = None  # mode -> its bytes, once rendered in it
 
     @classmethod
     def timed(cls, type: str, t: float, **fields) -> "Event":
@@ -185,18 +190,16 @@ class Event:
         d.update((k, v) for k, v in self.fields.items() if not k.startswith("_"))
         return d
 
-    def encode(self, mode: str) -> bytes:
-        """This event as wire bytes in ``mode``, CRLF included; computed once per mode."""
-        if mode == JSON:
-            if self._json is None:
-                self._json = (
-                    json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-                    + "\r\n"
-                ).encode("utf-8")
-            return self._json
-        if self._text is None:
-            self._text = (_TEXT[self.type](self.fields) + "\r\n").encode("utf-8")
-        return self._text
+    def encode(self, mode: str, recipient=None) -> bytes:
+        """This event as wire bytes in the rendering ``mode``, framing included;
+        rendered once per rendering (or for ``recipient``, the outlet, where
+        the rendering says the event is personal)."""
+        cache = self._enc
+        if cache is not None:
+            data = cache.get(mode)
+            if data is not None:
+                return data
+        return _render(self, mode, recipient)
 
     def __repr__(self) -> str:
         return f"Event({self.type!r}, {self.to_dict()!r})"
@@ -208,3 +211,16 @@ def error(code: str, message: str) -> Event:
 
 def info(message: str) -> Event:
     return Event("info", {"message": message})
+
+
+def _json_line(event: Event, recipient=None) -> bytes:
+    return (json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+            + "\r\n").encode("utf-8")
+
+
+def _text_line(event: Event, recipient=None) -> bytes:
+    return (_TEXT[event.type](event.fields) + "\r\n").encode("utf-8")
+
+
+register_rendering(JSON, _json_line)
+register_rendering(TEXT, _text_line)

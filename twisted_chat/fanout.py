@@ -14,12 +14,15 @@ Members whose share differs are the exception and get their own slice:
   it was owed so far are given to it before the direct event, so its causal
   order holds, and the flush only gives it the rest.
 
-A member takes part through its ``sink`` (an object with ``mode`` and
-``push(bytes)``, the connection). A sink may also keep ``member.express``
-(an opaque handle) and ``member.express_via`` (``(push_express, mode)``)
-set while its share can go out in bulk: the flush then hands all such
-members of one ``express_via`` to ``push_express(members, handles, blob)``
-in one call, reading nothing but the member objects (at 10,000 members a
+A member takes part through its ``sink`` (an object with ``mode``,
+``push(bytes)`` and ``member``: the connection's
+:class:`~twisted_chat.delivery.outlet.Outlet`). Members whose rendering (see
+:mod:`twisted_chat.delivery.render`) makes an event of the batch personal
+get a rendering of their own, never the common blob. A sink may also keep
+``member.express`` (an opaque handle) and ``member.express_via``
+(``(push_express, mode)``) set while its share can go out in bulk: the flush
+then hands all such members of one ``express_via`` to
+``push_express(members, handles, blob)`` in one call, reading nothing but the member objects (at 10,000 members a
 Python call and a few objects per member are a third of the fan-out's
 time). A member without a sink, or whose ``deliver`` has been swapped away
 from ``direct`` (e.g. while its history replay holds live events), is
@@ -31,6 +34,8 @@ import heapq
 from itertools import count
 from operator import itemgetter
 from typing import Dict, List, Optional, Tuple
+
+from .delivery import render
 
 # Every batched event gets the next number: a member in several rooms gets
 # their batches merged in this (the hub's) order.
@@ -60,17 +65,25 @@ def _give(member, items, counts):
     """Give batch ``items`` to one member, minus its own unechoed messages
     (counted in ``counts``, the hub's twisted_chat.metrics.Counts)."""
     if _fast(member):
-        mode = member.sink.mode
-        pieces = [e.encode(mode) for e, skip, _ in items if skip is not member]
+        sink = member.sink
+        mode = sink.mode
+        pieces = [e.encode(mode, sink) for e, skip, _ in items if skip is not member]
         if pieces:
             data = b"".join(pieces)
             counts.deliveries += len(pieces)
             counts.bytes_out += len(data)
-            member.sink.push(data)
+            sink.push(data)
     else:
         for e, skip, _ in items:
             if skip is not member:
                 member.deliver(e)
+
+
+def _personal(events, mode) -> bool:
+    """Whether an event of the batch comes out differently for each recipient
+    in ``mode``: then each member in that mode gets its own rendering."""
+    personal = render.rendering(mode).personal
+    return personal is not None and any([personal(e) for e, _, _ in events])
 
 
 def broadcast(room, event, sender=None) -> None:
@@ -195,11 +208,21 @@ def flush(room) -> None:
     # Counted per group (twisted_chat.metrics): each member gets every event.
     served = size = 0
     for (push_express, mode), (members, handles) in express.items():
+        if _personal(events, mode):
+            for member in members:
+                if room in member.rooms:
+                    _give(member, events, room.hub.counts)
+            continue
         data = blob(mode)
         served += len(members)
         size += len(data) * len(members)
         push_express(members, handles, data)
     for mode, sinks in shares.items():
+        if _personal(events, mode):
+            for sink in sinks:
+                if room in sink.member.rooms:
+                    _give(sink.member, events, room.hub.counts)
+            continue
         data = blob(mode)
         served += len(sinks)
         size += len(data) * len(sinks)

@@ -5,9 +5,11 @@
   connection limits, input back-pressure, shutdown);
 - :mod:`.outlet`: one connection's coalesced, bounded output, with the
   express path of room shares straight to idle sockets;
+- :mod:`.render`: the renderings of events, a registry keyed by mode that
+  each face adds its own to;
 - :mod:`.directwrite`: the writes around Twisted's transport that the
   express path and the bounded output use.
 
-Nothing here knows a wire format: a face gives its outlet a transport and a
-rendering mode, and reads and parses its own input.
+Nothing here knows a wire format: a face registers its renderings, gives its
+outlet a transport and a rendering mode, and reads and parses its own input.
 """

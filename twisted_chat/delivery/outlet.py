@@ -1,9 +1,10 @@
 """One connection's output, whatever its face: coalesced per turn, bounded, express.
 
 An :class:`Outlet` is what a face hands the hub as a member's ``deliver`` and
-``sink``. Events are rendered in the outlet's *mode* (a rendering of
-:class:`~twisted_chat.events.Event`, framing included: a text line, a JSON
-line, a WebSocket frame...), queued, and leave once per reactor turn in one
+``sink``. Events are rendered in the outlet's *mode* (a rendering registered
+in :mod:`.render`, framing included: a text line, a JSON line, a WebSocket
+frame, IRC lines...; the ``bye`` event too, so a face's last words are its
+rendering's), queued, and leave once per reactor turn in one
 write, when the :class:`~twisted_chat.delivery.turn.Turn` flushes. Bytes go
 through a :class:`BoundedOutput` (a streaming producer with a bounded
 backlog): a client that stops reading is cut off instead of growing the
@@ -26,6 +27,7 @@ from .. import fanout
 from ..events import Event
 from ..limits import CLOSE_TIMEOUT
 from . import directwrite
+from .render import rendering
 
 
 def _nothing():
@@ -174,7 +176,9 @@ class Outlet:
                                     changed=self._express)
 
     def set_mode(self, mode: str) -> None:
-        """Render this connection's events in ``mode`` from now on."""
+        """Render this connection's events in ``mode`` (a registered rendering,
+        see :mod:`.render`) from now on."""
+        rendering(mode)  # ValueError if there is none
         self.mode = mode
         self._express()  # the express group is per mode
 
@@ -182,7 +186,7 @@ class Outlet:
 
     def deliver(self, event) -> None:
         """Queue ``event`` for this connection; it leaves at the end of the turn."""
-        self.queue(event.encode(self.mode))
+        self.queue(event.encode(self.mode, self))
 
     def queue(self, data: bytes) -> None:
         """Queue bytes for this connection's next write: an event's rendering,
@@ -275,7 +279,7 @@ class Outlet:
 
     def refuse(self, event) -> None:
         """Not admitted: ``event`` alone, written at once, then close."""
-        self.transport.write(event.encode(self.mode))
+        self.transport.write(event.encode(self.mode, self))
         self.lose(CLOSE_TIMEOUT)
 
     def close(self, bye: str) -> None:
@@ -305,7 +309,7 @@ class Outlet:
         # whatever the transport still holds, and arrives if the peer ever
         # reads before the abort.
         self.transport.write(Event("bye", {"reason": "too slow: output backlog full"})
-                             .encode(self.mode))
+                             .encode(self.mode, self))
         self.lose(CLOSE_TIMEOUT)
 
     def lose(self, timeout) -> None:
