@@ -503,3 +503,21 @@ class URLTests(SynchronousTestCase):
                          "postgresql://chat:***@db.lan:5432/chat")
         self.assertEqual(pg.describe("postgresql://chat@db.lan/chat"),
                          "postgresql://chat@db.lan/chat")
+
+
+class HungUpTests(SynchronousTestCase):
+    """pg._hung_up: an idle connection with nothing to read is kept (it once
+    said True for every connection: the module's select() shadowed the
+    select module, so every request reconnected)."""
+
+    def test_idle_is_kept_and_readable_is_not(self):
+        import socket
+
+        from twisted_chat.history import pg
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertFalse(pg._hung_up(a))
+        b.send(b"x")
+        self.assertTrue(pg._hung_up(a))

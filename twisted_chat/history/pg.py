@@ -31,8 +31,7 @@ upgrade.
 """
 
 import re
-import select
-from importlib import resources
+from select import POLLIN, poll
 from typing import Dict, List, Optional
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,12 +40,12 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
+from . import schema as sqlite_schema
 from . import sqlite as _sqlite
 from .interface import HistoryError, IHistoryStore, IRoomStore, RoomRecord, StoredMessage, is_default
 
 SCHEMES = ("postgresql", "postgres")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_VERSION_FILE = re.compile(r"^v(\d+)\.sql$")
 # Batches handed to the write thread before the first is answered: the next
 # batch is already queued when a commit returns, so the thread never waits
 # for a reactor turn (docs/performance.rst, "PostgreSQL history").
@@ -97,15 +96,7 @@ def describe(url: str) -> str:
 
 def schema_files() -> Dict[int, str]:
     """Every shipped PostgreSQL upgrade script by version."""
-    found = {}
-    for entry in resources.files(__package__).joinpath("schema", "pg").iterdir():
-        match = _VERSION_FILE.match(entry.name)
-        if match:
-            found[int(match.group(1))] = entry.read_text(encoding="utf-8")
-    versions = sorted(found)
-    if versions != list(range(1, len(versions) + 1)):
-        raise RuntimeError(f"schema files are not v1..vN without gaps: {versions}")
-    return found
+    return sqlite_schema.schema_files("pg")
 
 
 LATEST = max(schema_files())
@@ -334,8 +325,9 @@ def _hung_up(conn) -> bool:
     """Whether an idle connection has something to read (it should not).
     poll, not select: a busy server's descriptors go past select's 1024."""
     try:
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN)
+        # (the module's select() is the history read, not select.select)
+        poller = poll()
+        poller.register(conn.fileno(), POLLIN)
         return bool(poller.poll(0))
     except Exception:  # no descriptor any more
         return True
