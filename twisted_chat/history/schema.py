@@ -21,10 +21,11 @@ MEMORY = ":memory:"
 _VERSION_FILE = re.compile(r"^v(\d+)\.sql$")
 
 
-def schema_files() -> Dict[int, str]:
-    """Every shipped upgrade script by version: {1: 'CREATE TABLE ...', ...}."""
+def schema_files(*folder: str) -> Dict[int, str]:
+    """Every shipped upgrade script by version: {1: 'CREATE TABLE ...', ...};
+    SQLite's in schema/, another engine's in schema/FOLDER (e.g. "pg")."""
     found = {}
-    for entry in resources.files(__package__).joinpath("schema").iterdir():
+    for entry in resources.files(__package__).joinpath("schema", *folder).iterdir():
         match = _VERSION_FILE.match(entry.name)
         if match:
             found[int(match.group(1))] = entry.read_text(encoding="utf-8")
