@@ -851,14 +851,7 @@ class Hub:
 
     def _broadcast(self, room: Room, event: Event) -> None:
         if self._queue:
-            recipients = list(room.members)
-
-            def send():
-                for m in recipients:
-                    if not m.gone:
-                        m.deliver(event)
-
-            self._queue.append(_Step(send))
+            self._deliver_all(list(room.members), event)  # the room as it is now
         else:
             room.broadcast(event)
 
