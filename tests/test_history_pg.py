@@ -20,7 +20,7 @@ from twisted_chat.history.pg import PostgresHistory
 
 from .pg_support import PostgresServer, PostgresTestCase
 from .test_history_rooms import FULL
-from .test_history_store import ManualRunner, message
+from .test_history_store import ManualRunner, PagingChecks, message
 
 
 class PgStoreTestCase(PostgresTestCase):
@@ -247,7 +247,7 @@ class GroupCommitTests(PgStoreTestCase):
         self.successResultOf(d)
 
 
-class ReadTests(PgStoreTestCase):
+class ReadTests(PagingChecks, PgStoreTestCase):
     def setUp(self):
         super().setUp()
         self.store, self.runner = self.open()

@@ -54,6 +54,46 @@ def message(text, room="lobby", t=1000.0, nick="alice", action=False, name=None)
     return room_message(room, name or room, nick, text, t, action)
 
 
+class PagingChecks:
+    """Store.page, the reads of IRC's CHATHISTORY, on ReadTests' rows (lobby
+    i has id 2i - 1 and time i seconds; dev's are in between): both engines
+    run these."""
+
+    def test_page_after_an_id_oldest_or_newest_first(self):
+        self.assertEqual(self.texts(self.store.page("lobby", 3, after_id=5, newest=False)),
+                         ["lobby 4", "lobby 5", "lobby 6"])
+        self.assertEqual(self.texts(self.store.page("lobby", 3, after_id=5)),
+                         ["lobby 8", "lobby 9", "lobby 10"])
+
+    def test_page_between_ids_excludes_both(self):
+        self.assertEqual(self.texts(self.store.page("lobby", 10, after_id=5, before_id=13,
+                                                    newest=False)),
+                         ["lobby 4", "lobby 5", "lobby 6"])
+        self.assertEqual(self.texts(self.store.page("lobby", 10, after_id=13, before_id=5)), [])
+
+    def test_page_by_time_in_truncated_milliseconds(self):
+        self.assertEqual(self.texts(self.store.page("lobby", 10, after_ms=3000,
+                                                    before_ms=6000)), ["lobby 4", "lobby 5"])
+        self.assertEqual(self.texts(self.store.page("lobby", 10, after_ms=2999,
+                                                    before_ms=4001)), ["lobby 3", "lobby 4"])
+        # 20.0009 s shows as ...:20.000Z: it is at 20000 ms, not after it.
+        self.store.append(message("late", t=20.0009), lambda _: None)
+        self.clock.advance(0)
+        self.runner.run_all()
+        self.assertEqual(self.texts(self.store.page("lobby", 10, after_ms=20000)), [])
+        self.assertEqual(self.texts(self.store.page("lobby", 10, after_ms=19999)), ["late"])
+        self.assertEqual(self.texts(self.store.page("lobby", 1, before_ms=20001)), ["late"])
+        self.assertEqual(self.texts(self.store.page("lobby", 1, before_ms=20000)),
+                         ["lobby 10"])
+
+    def test_page_mixes_an_id_and_a_time_and_keeps_to_its_room(self):
+        self.assertEqual(self.texts(self.store.page("lobby", 10, after_id=5, before_ms=6000,
+                                                    newest=False)), ["lobby 4", "lobby 5"])
+        self.assertEqual(self.texts(self.store.page("dev", 2, after_id=0, newest=False)),
+                         ["dev 1", "dev 2"])
+        self.assertEqual(self.texts(self.store.page("nowhere", 10, after_id=0)), [])
+
+
 class StoreTestCase(SynchronousTestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="chat-history-")
@@ -313,7 +353,7 @@ class GroupCommitTests(StoreTestCase):
         self.assertEqual(os.listdir(self.dir), [])
 
 
-class ReadTests(StoreTestCase):
+class ReadTests(PagingChecks, StoreTestCase):
     def setUp(self):
         super().setUp()
         self.store, self.runner = self.open()

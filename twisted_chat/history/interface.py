@@ -118,3 +118,17 @@ class IHistoryStore(Interface):
 
     def before(room: str, before_id: int, limit: int):
         """Like ``recent``, but only messages whose id is below ``before_id``."""
+
+    def page(room: str, limit: int, after_id: Optional[int] = None,
+             before_id: Optional[int] = None, after_ms: Optional[int] = None,
+             before_ms: Optional[int] = None, newest: bool = True):
+        """A Deferred firing with up to ``limit`` messages of the room whose
+        folded key is ``room`` strictly between every bound given, oldest
+        first: the newest ``limit`` of them if ``newest``, else the oldest.
+
+        Bounds are exclusive: ``after_id < id < before_id`` and, for times,
+        ``after_ms < ms < before_ms`` where ``ms`` is the message's time in
+        whole milliseconds since the epoch, truncated (``int(t * 1000)``,
+        which is what a rendered timestamp shows: a client that pages by the
+        ``time`` it was shown neither misses nor repeats a message). Reads
+        see every record whose ``done`` has run."""

@@ -243,16 +243,9 @@ def last_id(conn) -> int:
     return conn.execute("SELECT last FROM message_ids").fetchone()[0]
 
 
-def select(conn, room: str, before_id: Optional[int], limit: int) -> List[StoredMessage]:
-    columns = "id, t, room_name, nick, text, action"
-    if before_id is None:
-        rows = conn.execute(f"SELECT {columns} FROM messages WHERE room = %s"
-                            " ORDER BY id DESC LIMIT %s", (room, limit)).fetchall()
-    else:
-        rows = conn.execute(f"SELECT {columns} FROM messages WHERE room = %s AND id < %s"
-                            " ORDER BY id DESC LIMIT %s", (room, before_id, limit)).fetchall()
-    rows.reverse()
-    return [StoredMessage(*row) for row in rows]
+def select(conn, sql: str, params, newest: bool) -> List[StoredMessage]:
+    """A read of :func:`.sqlite.page_query` (in PostgreSQL's words)."""
+    return _sqlite.stored_messages(conn.execute(sql, params).fetchall(), newest)
 
 
 def load_rooms(conn) -> dict:
@@ -430,8 +423,11 @@ class PostgresHistory(_sqlite.SQLiteHistory):
     def load_rooms(self):
         return self._runner(self._read_link.run, load_rooms)
 
-    def _select(self, room, before_id, limit):
-        return self._read_link.run(select, room, before_id, limit)
+    # page_query's words for PostgreSQL (see SQLiteHistory.page)
+    _MARK, _MS = "%s", "trunc(t * 1000)::bigint"
+
+    def _select(self, sql, params, newest):
+        return self._read_link.run(select, sql, params, newest)
 
 
 __all__ = ["PostgresHistory", "check", "describe", "is_postgres", "is_url"]

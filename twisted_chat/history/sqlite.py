@@ -74,6 +74,34 @@ PRUNE_INTERVAL = 3600.0  # seconds between retention passes
 _COLUMNS = "id, t, room_name, nick, text, action"
 
 
+def page_query(mark: str, ms: str, room: str, limit: int, after_id=None, before_id=None,
+               after_ms=None, before_ms=None, newest=True):
+    """(SQL, parameters, newest) of :meth:`SQLiteHistory.page`'s read, for
+    an engine whose parameter mark is ``mark`` and whose truncated
+    milliseconds of the column ``t`` are the expression ``ms``. Rooms'
+    messages are read along the (room, id) index: ids follow acceptance
+    order, and so, but for a clock set back, do times."""
+    where, params = [f"room = {mark}"], [room]
+    for bound, op, column in ((after_id, ">", "id"), (before_id, "<", "id"),
+                              (after_ms, ">", ms), (before_ms, "<", ms)):
+        if bound is not None:
+            where.append(f"{column} {op} {mark}")
+            params.append(int(bound))
+    params.append(int(limit))
+    order = "DESC" if newest else "ASC"
+    sql = (f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(where)}"
+           f" ORDER BY id {order} LIMIT {mark}")
+    return sql, params, newest
+
+
+def stored_messages(rows, newest: bool) -> List[StoredMessage]:
+    """Rows of a :func:`page_query`, oldest first."""
+    if newest:
+        rows.reverse()
+    return [StoredMessage(id, t, name, nick, text, bool(action))
+            for id, t, name, nick, text, action in rows]
+
+
 class _WriterProcess(ProcessProtocol):
     """The server's end of the writer process (:mod:`.writer`): requests go
     down its stdin, replies come back on its stdout in the same order.
@@ -513,28 +541,27 @@ class SQLiteHistory(Service):
     # -- reading ---------------------------------------------------------------
 
     def recent(self, room: str, limit: int) -> Deferred:
-        self.reads += 1
-        return self._runner(self._select, room, None, limit)
+        return self.page(room, limit)
 
     def before(self, room: str, before_id: int, limit: int) -> Deferred:
+        return self.page(room, limit, before_id=before_id)
+
+    # page_query's words for SQLite: its parameter mark, a message's milliseconds
+    _MARK, _MS = "?", "CAST(t * 1000 AS INTEGER)"
+
+    def page(self, room: str, limit: int, after_id: Optional[int] = None,
+             before_id: Optional[int] = None, after_ms: Optional[int] = None,
+             before_ms: Optional[int] = None, newest: bool = True) -> Deferred:
         self.reads += 1
-        return self._runner(self._select, room, before_id, limit)
+        query = page_query(self._MARK, self._MS, room, limit, after_id, before_id, after_ms,
+                           before_ms, newest)
+        return self._runner(self._select, *query)
 
-    def _select(self, room, before_id, limit):
-        if before_id is None:
-            cursor = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
-                (room, limit))
-        else:
-            cursor = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id < ?"
-                " ORDER BY id DESC LIMIT ?", (room, before_id, limit))
-        rows = cursor.fetchall()
-        rows.reverse()
-        return [StoredMessage(id, t, name, nick, text, bool(action))
-                for id, t, name, nick, text, action in rows]
+    def _select(self, sql, params, newest):
+        rows = self._conn.execute(sql, params).fetchall()
+        return stored_messages(rows, newest)
 
-    # -- retention -------------------------------------------------------------
+        # -- retention -------------------------------------------------------------
 
     def prune(self, cutoff: float) -> Deferred:
         """Delete every message older than ``cutoff`` (epoch seconds), in
