@@ -10,6 +10,7 @@ import time
 
 from .pg_support import PostgresServer, PostgresTestCase
 from .test_history_server import HistoryServerTestCase
+from .test_irc_server import ChatHistoryChecks, IRCServerTestCase
 
 
 class PostgresServerTestCase(PostgresTestCase, HistoryServerTestCase):
@@ -132,3 +133,13 @@ class StartErrorTests(PostgresServerTestCase):
             cwd=self.dir, capture_output=True, text=True, timeout=60, env=env)
         self.assertClearFailure(result, "PostgreSQL needs psycopg, which is not installed: "
                                         "pip install 'twisted-chat[cluster]'")
+
+
+class IRCChatHistoryTests(PostgresTestCase, ChatHistoryChecks, IRCServerTestCase):
+    """draft/chathistory with PostgreSQL as the store (the same checks as
+    on SQLite, tests/test_irc_server.py)."""
+
+    def setUp(self):
+        PostgresTestCase.setUp(self)
+        self.db = self.url
+        IRCServerTestCase.setUp(self)

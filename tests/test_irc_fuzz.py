@@ -16,6 +16,8 @@ from twisted_chat.faces.irc import message
 from twisted_chat.faces.irc.protocol import IRCFactory
 from twisted_chat.hub import Hub
 
+from .test_irc_protocol import _ListHistory
+
 PIECES = [b"\r\n", b"\n", b"\r", b"NICK ", b"USER u 0 * :R\r\n", b"CAP LS 302\r\n",
           b"CAP REQ :server-time message-tags echo-message multi-prefix\r\n", b"CAP END\r\n",
           b"JOIN #dev", b"JOIN #a,#b k1,k2\r\n", b"PART #dev :x\r\n", b"PRIVMSG #dev :",
@@ -24,7 +26,12 @@ PIECES = [b"\r\n", b"\n", b"\r", b"NICK ", b"USER u 0 * :R\r\n", b"CAP LS 302\r\
           b"KICK #dev alice :", b"INVITE bob #dev\r\n", b"WHO #dev\r\n", b"WHOIS alice\r\n",
           b"NAMES #dev\r\n", b"LIST\r\n", b"PING :x\r\n", b"QUIT :bye\r\n", b"alice", b"bob",
           b"@a=b;c=\\s\\:\\\\ ", b":src!u@h ", b"\x00", b"\xff\xfe", b"\xc3", "é".encode(),
-          "Ａlice".encode(), b"\x1b[31m", b" :", b"x" * 300, b"AUTHENTICATE PLAIN\r\n"]
+          "Ａlice".encode(), b"\x1b[31m", b" :", b"x" * 300, b"AUTHENTICATE PLAIN\r\n",
+          b"CAP REQ :batch draft/chathistory\r\n", b"CHATHISTORY LATEST #dev * 5\r\n",
+          b"CHATHISTORY BEFORE #dev msgid=3 2\r\n", b"CHATHISTORY AROUND #dev msgid=",
+          b"CHATHISTORY BETWEEN #dev timestamp=2023-11-14T22:13:20.000Z msgid=1 ",
+          b"CHATHISTORY AFTER #lobby timestamp=", b"CHATHISTORY TARGETS * * 3\r\n",
+          b"CHATHISTORY ", b"2023-11-14T22:13:20.000Z", b"msgid=99999999999999999999"]
 
 chunk = st.one_of(st.binary(max_size=40), st.sampled_from(PIECES),
                   st.lists(st.sampled_from(PIECES), max_size=8).map(b"".join))
@@ -50,7 +57,7 @@ class IRCFuzzTests(SynchronousTestCase):
     def test_random_streams(self, steps):
         clock = Clock()
         clock.advance(1_700_000_000)
-        hub = Hub(clock=clock.seconds, replay=0)
+        hub = Hub(clock=clock.seconds, replay=3, history=_ListHistory())
         factory = IRCFactory(hub, clock=clock)
         conns = []
         for i in range(3):

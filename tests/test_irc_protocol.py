@@ -119,7 +119,7 @@ class RegistrationTests(IRCTestCase):
         self.assertEqual(set(ls.params[2].split()),
                          {"server-time", "message-tags", "echo-message", "multi-prefix",
                           "userhost-in-names", "cap-notify", "batch", "account-tag",
-                          "extended-join"})
+                          "extended-join", "draft/chathistory"})
         c.send("CAP REQ :server-time echo-message")
         (ack,) = c.messages()
         self.assertEqual(ack.params[1:], ["ACK", "server-time echo-message"])
@@ -499,6 +499,20 @@ class _ListHistory(MemoryHistory):
         rows = [r for key, r in self.rows if key == room and r.id < before_id]
         return succeed(rows[-limit:])
 
+    def page(self, room, limit, after_id=None, before_id=None, after_ms=None, before_ms=None,
+             newest=True):
+        def inside(r):
+            ms = int(r.t * 1000)
+            return ((after_id is None or r.id > after_id)
+                    and (before_id is None or r.id < before_id)
+                    and (after_ms is None or ms > after_ms)
+                    and (before_ms is None or ms < before_ms))
+
+        rows = [r for key, r in self.rows if key == room and inside(r)]
+        if not limit:
+            return succeed([])
+        return succeed(rows[-limit:] if newest else rows[:limit])
+
 
 class ReplayTests(IRCTestCase):
     def setUp(self):
@@ -533,3 +547,151 @@ class ReplayTests(IRCTestCase):
         msgs = b.messages()
         self.assertEqual([m.command for m in msgs], ["JOIN", "353", "366", "PRIVMSG", "NOTICE"])
         self.assertEqual(msgs[3].params[1], "[2023-11-14 22:13] first")
+
+
+class ChatHistoryTests(IRCTestCase):
+    CAPS = ("batch", "server-time", "message-tags", "draft/chathistory")
+
+    def setUp(self):
+        super().setUp()
+        self.hub.history = _ListHistory()
+        self.hub.replay = 10
+        self.alice = self.connect("alice")
+        self.alice.send("JOIN #dev")
+        for i in range(1, 7):  # "m1".."m6", ten seconds apart
+            self.alice.send(f"PRIVMSG #dev :m{i}")
+            self.clock.advance(10)
+        self.ids = {r.text: r.id for _, r in self.hub.history.rows}
+        self.bob = self.connect("bob", caps=self.CAPS)
+        self.bob.send("JOIN #dev")
+        self.bob.lines()
+
+    def page(self, line):
+        """The texts of the one batch CHATHISTORY answers with, checked."""
+        self.bob.send(line)
+        msgs = self.bob.messages()
+        self.assertEqual(msgs[0].command, "BATCH", msgs)
+        ref = msgs[0].params[0][1:]
+        self.assertEqual(msgs[0].params[1:], ["chathistory", "#dev"])
+        self.assertEqual(msgs[-1].params, ["-" + ref])
+        for m in msgs[1:-1]:
+            self.assertEqual((m.command, m.tags["batch"]), ("PRIVMSG", ref))
+            self.assertIn("time", m.tags)
+            self.assertEqual(m.tags["msgid"], str(self.ids[m.params[1]]))
+        return [m.params[1] for m in msgs[1:-1]]
+
+    def test_offered_and_advertised(self):
+        c = IRCConn(self.factory, self.clock, 1)
+        c.send("CAP LS 302")
+        self.assertIn("draft/chathistory", c.messages()[0].params[-1].split())
+        c.send("NICK carol", "USER carol 0 * :c", "CAP END")
+        tokens = [t for m in c.messages() if m.command == "005" for t in m.params[1:-1]]
+        self.assertIn("CHATHISTORY=500", tokens)
+        self.assertIn("MSGREFTYPES=msgid,timestamp", tokens)
+
+    def test_no_replay_on_join_with_the_cap(self):
+        carol = self.connect("carol", caps=self.CAPS)
+        carol.send("JOIN #dev")
+        self.assertEqual([m.command for m in carol.messages()], ["JOIN", "353", "366"])
+        dave = self.connect("dave", caps=("batch",))
+        dave.send("JOIN #dev")
+        self.assertEqual([m.command for m in dave.messages()].count("PRIVMSG"), 6)
+
+    def test_latest(self):
+        self.assertEqual(self.page("CHATHISTORY LATEST #dev * 3"), ["m4", "m5", "m6"])
+        self.assertEqual(self.page(f"CHATHISTORY LATEST #dev msgid={self.ids['m2']} 10"),
+                         ["m3", "m4", "m5", "m6"])
+        self.assertEqual(self.page(f"CHATHISTORY LATEST #dev msgid={self.ids['m2']} 2"),
+                         ["m5", "m6"])
+        self.assertEqual(self.page("CHATHISTORY LATEST #dev * 0"),  # 0: the most we give
+                         ["m1", "m2", "m3", "m4", "m5", "m6"])
+
+    def test_before_and_after_exclude_the_reference(self):
+        self.assertEqual(self.page(f"CHATHISTORY BEFORE #dev msgid={self.ids['m4']} 2"),
+                         ["m2", "m3"])
+        self.assertEqual(self.page(f"CHATHISTORY AFTER #dev msgid={self.ids['m2']} 2"),
+                         ["m3", "m4"])
+        self.assertEqual(self.page(f"CHATHISTORY BEFORE #dev msgid={self.ids['m1']} 5"), [])
+
+    def test_by_timestamp(self):
+        # m1 was said at 22:13:20.000, m2 ten seconds later...
+        self.assertEqual(self.page("CHATHISTORY AFTER #dev timestamp=2023-11-14T22:13:30.000Z"
+                                   " 2"), ["m3", "m4"])
+        self.assertEqual(self.page("CHATHISTORY BEFORE #dev timestamp=2023-11-14T22:13:30.000Z"
+                                   " 5"), ["m1"])
+        self.assertEqual(self.page("CHATHISTORY LATEST #dev timestamp=2023-11-14T22:14:00.000Z"
+                                   " 5"), ["m6"])
+
+    def test_around_includes_the_reference(self):
+        self.assertEqual(self.page(f"CHATHISTORY AROUND #dev msgid={self.ids['m4']} 4"),
+                         ["m2", "m3", "m4", "m5"])
+        self.assertEqual(self.page("CHATHISTORY AROUND #dev timestamp=2023-11-14T22:13:20.000Z"
+                                   " 3"), ["m1", "m2", "m3"])
+
+    def test_between_counts_from_the_first_reference(self):
+        first, last = f"msgid={self.ids['m1']}", f"msgid={self.ids['m6']}"
+        self.assertEqual(self.page(f"CHATHISTORY BETWEEN #dev {first} {last} 2"), ["m2", "m3"])
+        self.assertEqual(self.page(f"CHATHISTORY BETWEEN #dev {last} {first} 2"), ["m4", "m5"])
+        self.assertEqual(self.page(f"CHATHISTORY BETWEEN #dev {first} {last} 50"),
+                         ["m2", "m3", "m4", "m5"])
+        # An id and a time: which comes first is the message's time.
+        when = "timestamp=2023-11-14T22:13:50.000Z"  # m4's
+        self.assertEqual(self.page(f"CHATHISTORY BETWEEN #dev {when} {first} 5"),
+                         ["m2", "m3"])
+        self.assertEqual(self.page(f"CHATHISTORY BETWEEN #dev {first} {when} 1"), ["m2"])
+
+    def test_empty_page_is_an_empty_batch(self):
+        self.assertEqual(self.page(f"CHATHISTORY AFTER #dev msgid={self.ids['m6']} 5"), [])
+
+    def refused(self, line):
+        self.bob.send(line)
+        msgs = self.bob.messages()
+        self.assertEqual([m.command for m in msgs], ["FAIL"], msgs)
+        return msgs[0].params[1:-1]
+
+    def test_errors(self):
+        self.assertEqual(self.refused("CHATHISTORY"), ["NEED_MORE_PARAMS", "*"])
+        self.assertEqual(self.refused("CHATHISTORY LATEST #dev *"), ["NEED_MORE_PARAMS", "LATEST"])
+        self.assertEqual(self.refused("CHATHISTORY SIDEWAYS #dev * 5"),
+                         ["INVALID_PARAMS", "SIDEWAYS"])
+        for ref in ("*", "msgid=abc", "msgid=", "timestamp=yesterday", "id=5",
+                    "timestamp=2023-13-01T00:00:00.000Z"):
+            self.assertEqual(self.refused(f"CHATHISTORY BEFORE #dev {ref} 5"),
+                             ["INVALID_PARAMS", "BEFORE"], ref)
+        self.assertEqual(self.refused("CHATHISTORY LATEST #dev * -1"), ["INVALID_PARAMS", "LATEST"])
+        self.assertEqual(self.refused("CHATHISTORY LATEST #dev * ten"), ["INVALID_PARAMS", "LATEST"])
+
+    def test_only_channels_one_is_in(self):
+        self.connect("carol").send("JOIN #secret", "PRIVMSG #secret :psst")
+        for target in ("#secret", "#nowhere", "alice", "#bad,name"):
+            self.assertEqual(self.refused(f"CHATHISTORY LATEST {target} * 5"),
+                             ["INVALID_TARGET", "LATEST", target])
+        self.bob.send("PART #dev")
+        self.bob.lines()
+        self.assertEqual(self.refused("CHATHISTORY LATEST #dev * 5"),
+                             ["INVALID_TARGET", "LATEST", "#dev"])
+
+    def test_store_failure_is_message_error(self):
+        def broken(*args, **kwargs):
+            from twisted.internet.defer import fail
+            return fail(RuntimeError("disk on fire"))
+
+        self.hub.history.page = broken
+        self.assertEqual(self.refused("CHATHISTORY LATEST #dev * 5"),
+                         ["MESSAGE_ERROR", "LATEST", "#dev"])
+
+    def test_targets_is_an_empty_list(self):
+        self.bob.send("CHATHISTORY TARGETS timestamp=2023-11-14T22:13:20.000Z "
+                      "timestamp=2023-11-15T22:13:20.000Z 10")
+        msgs = self.bob.messages()
+        self.assertEqual([(m.command, m.params[1:]) for m in msgs],
+                         [("BATCH", ["draft/chathistory-targets"]), ("BATCH", [])])
+
+    def test_without_batch_plain_lines(self):
+        carol = self.connect("carol", caps=("draft/chathistory",))
+        carol.send("JOIN #dev")
+        carol.lines()
+        carol.send("CHATHISTORY LATEST #dev * 2")
+        msgs = carol.messages()
+        self.assertEqual([m.command for m in msgs], ["PRIVMSG", "PRIVMSG"])
+        self.assertTrue(msgs[0].params[1].endswith("m5"))

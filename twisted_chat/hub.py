@@ -31,6 +31,7 @@ from .errors import ChatError
 from .events import Event, error, rfc3339
 from .history import HISTORY_CAP, IHistoryStore, private_message, room_message
 from .metrics import Counts
+from .history import paging
 from .history.interface import RoomRecord, is_default
 from .replay import RecentMessages
 
@@ -48,7 +49,7 @@ class Member:
 
     __slots__ = ("nick", "key", "rooms", "active", "registered", "host", "echo", "deliver",
                  "account", "direct", "sink", "express", "express_via", "gone", "_live",
-                 "_held", "_replayed", "__weakref__")
+                 "_held", "_replayed", "replay_on_join", "__weakref__")
 
     def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None,
                  host: Optional[str] = None):
@@ -78,6 +79,9 @@ class Member:
         self.express = None
         self.express_via = None
         self.gone = False  # disconnected: queued events skip it
+        # Whether joining a room replays its last messages; a client that
+        # pages history itself (IRC's draft/chathistory) asks for none.
+        self.replay_on_join = True
         # While history is being fetched for this member, ``deliver`` is
         # swapped for one that queues events in ``_held`` behind the fetch;
         # ``_live`` keeps the real one. See Hub._replay.
@@ -179,6 +183,9 @@ class MemoryHistory:
     def before(self, room: str, before_id: int, limit: int):
         return succeed([])
 
+    def page(self, room: str, limit: int, **bounds):
+        return succeed([])
+
     def load_rooms(self):
         return succeed({})
 
@@ -256,12 +263,13 @@ class _Said:
 class _Replay:
     """One pending history fetch for a member: rows is None until it arrives."""
 
-    __slots__ = ("room", "on_join", "limit", "before", "rows", "failed")
+    __slots__ = ("room", "on_join", "limit", "before", "rows", "failed", "label")
 
-    def __init__(self, room, on_join, limit, before):
+    def __init__(self, room, on_join, limit, before, label=None):
         self.room, self.on_join, self.limit, self.before = room, on_join, limit, before
         self.rows = None
         self.failed = False
+        self.label = label  # the asker's name for it, repeated in its history-end
 
 
 class Hub:
@@ -527,7 +535,7 @@ class Hub:
         self.send(member, self._names(room))
         if room.topic:
             self.send(member, self._topic_event(room))
-        if self.replay:
+        if self.replay and member.replay_on_join:
             # Fetched only once every message accepted before this join is
             # stored: the replay then holds all of them, and every later one
             # reaches the joiner live.
@@ -831,6 +839,24 @@ class Hub:
         limit = min(limit or self.replay or DEFAULT_REPLAY, HISTORY_CAP)
         self.in_order(lambda: self._replay(member, target, False, limit, before))
 
+    def history_range(self, member: Member, room: str, how: str, refs=(), limit: int = None,
+                      label=None) -> None:
+        """A page of ``room``'s history (the member must be in it) around
+        references (:mod:`twisted_chat.history.paging`: ``how`` is latest,
+        before, after, around or between), delivered as a replay whose
+        ``history-end`` carries ``label``. Limited as ``/history`` is."""
+        target = self._my_room(member, room)
+        if how not in paging.HOWS:
+            raise ChatError("usage", f"no way to page history called {how}")
+        limit = min(limit or self.replay or DEFAULT_REPLAY, HISTORY_CAP)
+        key = target.key
+
+        def fetch(upto):
+            return paging.read(self.history, key, how, tuple(refs), limit, upto)
+
+        self.in_order(lambda: self._replay(member, target, False, limit, fetch=fetch,
+                                           label=label))
+
     # -- output order ----------------------------------------------------------
 
     def in_order(self, thunk: Callable[[], None]) -> None:
@@ -890,7 +916,7 @@ class Hub:
     # -- history replay ----------------------------------------------------------
 
     def _replay(self, member: Member, room: Room, on_join: bool, limit: int,
-                before: Optional[int] = None) -> None:
+                before: Optional[int] = None, fetch=None, label=None) -> None:
         """Fetch history for ``member``; deliver it at this point of its stream.
 
         From now until the fetch has arrived, events for the member are held
@@ -903,7 +929,7 @@ class Hub:
         if member.gone:
             return
         fill = False
-        if on_join and before is None and limit == self.replay:
+        if on_join and before is None and fetch is None and limit == self.replay:
             events = self.recent.replay(room)
             if events is not None:
                 # Known without the store: the same events for every joiner.
@@ -916,7 +942,7 @@ class Hub:
                         "oldest": events[0].fields["id"]}))
                 return
             fill = self.recent.fetching(room)
-        request = _Replay(room, on_join, limit, before)
+        request = _Replay(room, on_join, limit, before, label)
         _catch_up(member)  # room events owed so far come before the replay
         if member._held is None:
             held = member._held = deque()
@@ -932,8 +958,11 @@ class Hub:
         # stored meanwhile comes live, after the replay, never inside it
         # (the read may run long after it was asked for).
         upto = self._sent_id if self._sent_id is not None else self.history.last_id_at_start
-        before = upto + 1 if before is None else min(before, upto + 1)
-        d = self.history.before(room.key, before, limit)
+        if fetch is not None:
+            d = fetch(upto)
+        else:
+            before = upto + 1 if before is None else min(before, upto + 1)
+            d = self.history.before(room.key, before, limit)
 
         def arrived(rows):
             request.rows = rows
@@ -972,7 +1001,10 @@ class Hub:
 
     def _deliver_replay(self, live, request: "_Replay", replayed: set) -> None:
         if request.failed:
-            live(error("history-unavailable", "the history could not be read"))
+            fields = {"code": "history-unavailable", "message": "the history could not be read"}
+            if request.label is not None:
+                fields["label"] = request.label
+            live(Event("error", fields))
             return
         for row in request.rows:
             replayed.add(row.id)
@@ -982,6 +1014,8 @@ class Hub:
                       "limit": request.limit}
             if request.rows:
                 fields["oldest"] = request.rows[0].id
+            if request.label is not None:
+                fields["label"] = request.label
             live(Event("history-end", fields))
 
     # -- internals -----------------------------------------------------------

@@ -28,6 +28,7 @@ from ...delivery.turn import Turn
 from ...errors import ChatError
 from ...protocol import _tune_socket as tune_socket
 from ...events import Event
+from . import chathistory
 from .message import MAX_LINE, BadMessage, LineTooLong, build, check_length, parse
 from .render import (SHARED, Context, Renderer, SharedCache, channel, isupport_lines,
                      render_event, track)
@@ -52,6 +53,7 @@ CAPS = {
     "batch": "",
     "account-tag": "",
     "extended-join": "",
+    chathistory.CAP: "",
     "sasl": "PLAIN",
 }
 
@@ -341,7 +343,15 @@ class IRCProtocol(Protocol):
             return
         if event.type == "rooms":
             event = self._with_topics(event)
-        shared = event.type in SHARED and self._batch is None
+        elif event.type in ("history-end", "error") and "label" in event.fields:
+            lines = chathistory.ended(self, event)  # the end of a CHATHISTORY page
+            if lines:
+                self.outlet.queue("".join([line + "\r\n" for line in lines]).encode("utf-8"))
+            return
+        # A replayed message's bytes are never shared: in a batch, they carry
+        # this connection's batch id (and the first one opens it).
+        shared = event.type in SHARED and self._batch is None and \
+            not event.fields.get("history")
         if shared:
             per_event = self.factory.cache.of(event)
             data = per_event.get(("bytes", ctx.variant))
@@ -475,6 +485,8 @@ class IRCProtocol(Protocol):
                     self.caps.add(w)
             if self.member is not None:
                 self.member.echo = "echo-message" in self.caps
+                # A client that pages history itself asks for it after a JOIN.
+                self.member.replay_on_join = chathistory.CAP not in self.caps
             self._cap("ACK", " ".join(wanted))
         elif sub == "END":
             if not self.registered:
@@ -658,6 +670,7 @@ class IRCProtocol(Protocol):
             "KICK:1,LIST:",
             f"TOPICLEN={MAX_TOPIC}",
             "UTF8ONLY",
+            *chathistory.ISUPPORT,
         ]
 
     def irc_LUSERS(self, params, msg):
@@ -687,6 +700,8 @@ class IRCProtocol(Protocol):
 
     def irc_PONG(self, params, msg):
         pass
+
+    irc_CHATHISTORY = chathistory.command
 
     def irc_QUIT(self, params, msg):
         text = names.strip_controls(params[0]).strip()[:MAX_REASON] if params else ""
