@@ -1,7 +1,8 @@
 """The web client in a real headless Chromium (tests/browser.py) against a
 real ``twistd chat --web``: sign-in, chat with a line-protocol client, text
 that is never HTML, the Origin check, reconnecting after a server restart,
-history paging, and the phone layout.
+history paging, the phone layout, notifications while the tab is hidden
+and the colour scheme.
 
 Skipped, saying why, where Playwright or Chromium is missing.
 """
@@ -12,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -350,5 +352,87 @@ class PhoneTests(BrowserTestCase):
             rooms.wait_for(state="hidden")
             say(page, "from my phone")
             self.assertEqual(bob.expect_event("message", nick="alice")["text"], "from my phone")
+
+        self.run_in_browser(scenario)
+
+
+# Chromium shows no notification headless and a test cannot hide a tab: the
+# page's own view of both is replaced before its script runs, so what is
+# checked is what the page asks of the browser.
+FAKE_HIDDEN_TAB = """
+window.__notes = [];
+window.__hidden = false;
+for (const [name, get] of [["hidden", () => window.__hidden],
+                           ["visibilityState", () => window.__hidden ? "hidden" : "visible"]]) {
+  Object.defineProperty(Document.prototype, name, {get, configurable: true});
+}
+window.__setHidden = (hidden) => {
+  window.__hidden = hidden;
+  document.dispatchEvent(new Event("visibilitychange"));
+};
+window.Notification = class {
+  constructor(title, options) {
+    window.__notes.push({title, body: (options || {}).body});
+  }
+  close() {}
+  static get permission() { return "granted"; }
+  static requestPermission() { return Promise.resolve("granted"); }
+};
+"""
+
+
+def wait_true(page, expression, timeout=15):
+    """Poll ``expression`` in the page until it is true (wait_for_function
+    would evaluate a string, which the page's CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {expression}")
+        page.wait_for_timeout(50)
+
+
+class NotificationTests(BrowserTestCase):
+    def test_mention_and_private_message_notify_while_hidden(self):
+        def scenario():
+            page = self.browser.page()
+            page.add_init_script(FAKE_HIDDEN_TAB)
+            page.goto(self.url)
+            sign_in(page, "alice")
+            bob = self.line("bob")
+            wait_line(page, "bob joined")
+            bob.send("visible, naming alice")  # the tab is shown: no notification
+            wait_line(page, "visible, naming alice")
+            page.evaluate("window.__setHidden(true)")
+            bob.send("nobody in particular")
+            bob.send("alice: are you there?")
+            bob.send("/msg alice psst")
+            wait_true(page, "window.__notes.length >= 2")
+            wait_line(page, "nobody in particular")
+            notes = page.evaluate("window.__notes")
+            self.assertEqual(notes, [{"title": "bob in #lobby", "body": "alice: are you there?"},
+                                     {"title": "bob", "body": "psst"}])
+            # The unread count in the tab's title: the two room lines and the
+            # private one.
+            self.assertTrue(page.title().startswith("(3) "), page.title())
+            page.evaluate("window.__setHidden(false)")
+            wait_true(page, "!document.title.startsWith('(3)')")
+            self.assertEqual(len(page.evaluate("window.__notes")), 2)
+
+        self.run_in_browser(scenario)
+
+
+class ColourSchemeTests(BrowserTestCase):
+    def test_light_and_dark_follow_the_system(self):
+        def scenario():
+            page = self.browser.page(self.url)
+            backgrounds = {}
+            for scheme in ("light", "dark"):
+                page.emulate_media(color_scheme=scheme)
+                backgrounds[scheme] = page.evaluate(
+                    "getComputedStyle(document.body).backgroundColor")
+            self.assertNotEqual(backgrounds["light"], backgrounds["dark"])
+            # Dark means dark: the channel sum of its background is low.
+            dark = [int(n) for n in re.findall(r"\d+", backgrounds["dark"])[:3]]
+            self.assertLess(sum(dark), 3 * 100, backgrounds)
 
         self.run_in_browser(scenario)
