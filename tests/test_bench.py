@@ -178,6 +178,19 @@ class CommandLineTests(SynchronousTestCase):
         self.assertGreaterEqual(cpu, 0)
         self.assertIn("scrapes", results["metrics"])
 
+    def test_plot_without_matplotlib_fails_before_measuring(self):
+        import sys
+        from contextlib import redirect_stderr
+        from unittest import mock
+
+        err = io.StringIO()
+        # None in sys.modules makes "import matplotlib" raise ImportError.
+        with mock.patch.dict(sys.modules, {"matplotlib": None}), redirect_stderr(err):
+            with self.assertRaises(SystemExit) as exited:
+                cli.main(["--plot", "never.png"])
+        self.assertEqual(exited.exception.code, 2)
+        self.assertIn("--plot needs matplotlib", err.getvalue())
+
     def run_custom(self, extra):
         fd, path = tempfile.mkstemp(suffix=".json")
         os.close(fd)

@@ -318,6 +318,11 @@ def main(argv=None):
     p.add_argument("--plot", metavar="PNG", help="draw deliveries/s and p99 vs offered rate "
                    "(needs the `bench` extra: matplotlib)")
     args = p.parse_args(argv)
+    if args.plot:
+        try:  # said now, not after minutes of measuring
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib: pip install '.[bench]'")
     raise_fd_limit()
     args.generator_class = LoadGenerator
     args.generator_name = "python"
