@@ -28,6 +28,7 @@ When stdin closes the driver closes the window, as the close button would.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -139,6 +140,10 @@ class Control(LineReceiver):
 
 
 def main():
+    # As if started from a terminal, where Ctrl+C reaches the client: a test
+    # run started in the background by a non-interactive shell hands its
+    # children SIGINT ignored, and Twisted leaves an ignored SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app = client_app.build(sys.argv[1:])
     stdio.StandardIO(Control(app))
     return app.run()
