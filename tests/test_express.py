@@ -37,7 +37,7 @@ class _Port:
 class TCPConn:
     """One real loopback connection into the factory."""
 
-    def __init__(self, case, listener):
+    def __init__(self, case, listener, factory=None):
         self.case = case
         self.peer = socket.create_connection(listener.getsockname())
         case.addCleanup(self.peer.close)
@@ -45,7 +45,8 @@ class TCPConn:
         sock, addr = listener.accept()
         sock.setblocking(False)
         case.addCleanup(sock.close)
-        self.proto = case.factory.buildProtocol(IPv4Address("TCP", *addr))
+        factory = case.factory if factory is None else factory
+        self.proto = factory.buildProtocol(IPv4Address("TCP", *addr))
         self.transport = tcp.Server(sock, self.proto, addr, _Port(), 1, case.reactor)
         self.proto.makeConnection(self.transport)
         case.addCleanup(self.lost)

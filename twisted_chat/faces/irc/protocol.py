@@ -7,7 +7,11 @@ over ``--rate`` is not dropped: its reading pauses until it may go on, as
 IRC servers' "fake lag" does), parsed, and handed to one ``irc_VERB`` method
 per command, which calls the hub. Hub events come back through
 :meth:`IRCProtocol.deliver`, are rendered by :mod:`.render`, and leave once
-per reactor turn through a bounded output.
+per reactor turn through a bounded output. Once registered, a connection's
+room events take the fan-out's fast path: its outlet's mode is the IRC
+rendering of its tag variant (:class:`.render.Renderings`), so a room's share
+is rendered once per variant and reaches it with every other member's, by
+the express sends while its socket is idle plain TCP.
 
 Registration: NICK, USER (and PASS, CAP, AUTHENTICATE) first; until then
 nothing is sent to the hub but the nick check, and whatever the hub delivers
@@ -30,8 +34,8 @@ from ...protocol import _tune_socket as tune_socket
 from ...events import Event
 from . import chathistory
 from .message import MAX_LINE, BadMessage, LineTooLong, build, check_length, parse
-from .render import (SHARED, Context, Renderer, SharedCache, channel, isupport_lines,
-                     render_event, track)
+from .render import (PLAIN, SHARED, Context, Renderer, Renderings, SharedCache, channel,
+                     isupport_lines, render_event, track)
 
 MAX_TOPIC = getattr(names, "MAX_TOPIC", 300)
 MAX_REASON = getattr(names, "MAX_REASON", 300)
@@ -84,10 +88,12 @@ class IRCOutlet(Outlet):
     """The delivery layer's outlet, fed with IRC lines the face renders.
 
     Its member's events go to the face (``deliver``), which renders them for
-    this connection's nick and capabilities and queues the bytes here. The
-    outlet keeps no member: the room fan-out's shared encodings and express
-    path are per mode of :class:`~twisted_chat.events.Event`, which has no
-    IRC rendering yet, so an IRC member is served event by event.
+    this connection's nick and capabilities and queues the bytes here. Its
+    mode is the IRC rendering of the connection's tag variant; from
+    registration on it is its member's sink (and keeps its express handle),
+    so the room fan-out pushes each turn's share of a room to it as to a
+    line-face outlet: the one rendering of that variant, or (for personal
+    events: own JOIN, NICK) the face's own, through ``render_bytes``.
     """
 
     __slots__ = ()
@@ -100,12 +106,6 @@ class IRCOutlet(Outlet):
         ctx.joined = ctx.after_names = None  # a turn's end ends a join's answer
         Outlet.flush(self)
 
-    def queue(self, data: bytes) -> None:
-        out = self._out
-        out.append(data)
-        if len(out) == 1:
-            self.turn.dirty(self)
-
     def shutdown(self, reason: str) -> None:
         output = self.output
         if output is None or output.closed:
@@ -116,6 +116,7 @@ class IRCOutlet(Outlet):
         self.lose(None)
 
     def _overflowed(self) -> None:
+        self.turn.counts.slow_consumers += 1
         self._out = []
         self.face.outlet_overflowed()
         self.transport.write(_error_line("Closing link: too slow (output backlog full)"))
@@ -160,7 +161,8 @@ class IRCProtocol(Protocol):
         addr = self.transport.getPeer()
         self.host = getattr(addr, "host", None)
         self.peer = f"{self.host}:{getattr(addr, 'port', '')}" if self.host else str(addr)
-        outlet = self.outlet = IRCOutlet(f.turn, self.transport, self, "irc")
+        outlet = self.outlet = IRCOutlet(f.turn, self.transport, self,
+                                         f.renderings.mode(self.caps))
         refused = f.turn.admit(outlet, self.host)
         if refused is not None:
             self.closing = True
@@ -202,6 +204,11 @@ class IRCProtocol(Protocol):
         if self.member is not None and self.registered:
             fanout.catch_up(self.member)  # what it was owed, then nothing more
         self.closing = True  # its own QUIT is not for it: ERROR is
+        member = self.member
+        if member is not None:
+            # Nothing of the room's fan-out reaches a closing connection:
+            # not through its sink either.
+            member.sink = member.express = None
         self._leave_hub(reason)
         outlet = self.outlet
         outlet.queue(_error_line(error_text))
@@ -334,41 +341,63 @@ class IRCProtocol(Protocol):
         self._render(event)
 
     def _render(self, event):
+        data = self.render_bytes(event)
+        if data:
+            self.outlet.queue(data)
+
+    def render_bytes(self, event) -> bytes:
+        """``event`` as this connection's bytes (b"": nothing to say); keeps
+        what the connection has been told (its nick, a join's answer, an
+        open history batch). The outlet's rendering calls it for the events
+        that are personal in IRC modes, the face for everything it is given."""
+        if self.closing:
+            return b""
         ctx = self.ctx
-        if event.type == "welcome":
-            return
-        if event.type == "info" and self._invites and \
+        kind = event.type
+        if kind == "welcome":
+            return b""
+        if kind == "info" and self._invites and \
                 event.fields["message"].startswith("invited "):
             self._invites -= 1  # RPL_INVITING said it
-            return
-        if event.type == "rooms":
+            return b""
+        if kind == "rooms":
             event = self._with_topics(event)
-        elif event.type in ("history-end", "error") and "label" in event.fields:
+        elif kind in ("history-end", "error") and "label" in event.fields:
             lines = chathistory.ended(self, event)  # the end of a CHATHISTORY page
-            if lines:
-                self.outlet.queue("".join([line + "\r\n" for line in lines]).encode("utf-8"))
-            return
+            return "".join([line + "\r\n" for line in lines]).encode("utf-8") if lines else b""
         # A replayed message's bytes are never shared: in a batch, they carry
         # this connection's batch id (and the first one opens it).
-        shared = event.type in SHARED and self._batch is None and \
-            not event.fields.get("history")
+        history = bool(event.fields.get("history"))
+        shared = kind in SHARED and self._batch is None and not history
         if shared:
+            if kind in PLAIN:
+                # The room's share: rendered once per variant, cached on the event.
+                track(event, ctx)
+                return event.encode(self.outlet.mode)
             per_event = self.factory.cache.of(event)
             data = per_event.get(("bytes", ctx.variant))
             if data is not None:  # the same bytes as another member's
                 track(event, ctx)
-                self.outlet.queue(data)
-                return
+                self._renamed(event)
+                return data
         lines = render_event(self.factory.renderer, self.factory.cache, event, ctx)
-        if event.type == "nick" and names.fold(event.fields["old"]) == names.fold(ctx.nick):
-            ctx.nick = event.fields["new"]
+        self._renamed(event)
         if "batch" in self.caps:
             lines = self._batched(event, lines)
-        if lines:
-            data = "".join([line + "\r\n" for line in lines]).encode("utf-8")
-            if shared:
-                per_event["bytes", ctx.variant] = data
-            self.outlet.queue(data)
+        data = "".join([line + "\r\n" for line in lines]).encode("utf-8") if lines else b""
+        if shared:
+            per_event["bytes", ctx.variant] = data
+        return data
+
+    def _renamed(self, event):
+        ctx = self.ctx
+        if event.type == "nick" and names.fold(event.fields["old"]) == names.fold(ctx.nick):
+            ctx.nick = event.fields["new"]
+
+    def _update_mode(self):
+        """The capabilities changed: so may the rendering of this connection."""
+        if self.outlet is not None:
+            self.outlet.set_mode(self.factory.renderings.mode(self.caps))
 
     def _batched(self, event, lines):
         """A history replay as an IRCv3 ``chathistory`` batch: opened by its
@@ -487,6 +516,7 @@ class IRCProtocol(Protocol):
                 self.member.echo = "echo-message" in self.caps
                 # A client that pages history itself asks for it after a JOIN.
                 self.member.replay_on_join = chathistory.CAP not in self.caps
+            self._update_mode()
             self._cap("ACK", " ".join(wanted))
         elif sub == "END":
             if not self.registered:
@@ -628,6 +658,12 @@ class IRCProtocol(Protocol):
             if event.type == "info" and event.fields["message"].startswith("you are already"):
                 continue
             self._render(event)
+        # From now on the room fan-out serves it as any other face's member:
+        # the room's share in this connection's mode, in bulk.
+        outlet = self.outlet
+        member.sink = outlet
+        outlet.member = member
+        outlet._express()
         if hub.may_appear(member) if hasattr(hub, "may_appear") else True:
             hub.register(member)
         else:
@@ -1069,8 +1105,11 @@ class IRCFactory(Factory):
         self.burst = burst
         self.registration_timeout = registration_timeout
         self.renderer = Renderer(hub.server_name, self._account_of)
-        # The last shared event's lines per tag variant: a room event goes to
-        # its IRC members one after the other, and is rendered once.
+        # The delivery layer's renderings of this server's IRC lines: the
+        # outlets' modes, one per tag variant.
+        self.renderings = Renderings(self.renderer)
+        # Lines of the events rendered per recipient (own JOIN, NICK, history)
+        # per tag variant: rendered once, however many IRC members get them.
         self.cache = SharedCache()
         self.started = self.clock.seconds()
 

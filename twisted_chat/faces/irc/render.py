@@ -7,15 +7,24 @@ and, for numerics, its nick. Events that are the same for every recipient
 with the same tag capabilities (a room's PRIVMSG, JOIN, PART...) are cached
 by the caller per (event, tag variant); see :meth:`Renderer.shared`.
 
+:class:`Renderings` puts them into the delivery layer's registry
+(:mod:`twisted_chat.delivery.render`): one mode per server and tag variant, so
+a room's share of a turn is rendered and encoded once per variant and reaches
+the IRC members of the room as the line face's members get theirs (one
+``bytes`` object for all, the express sends to idle sockets).
+
 Rooms are channels: the room ``lobby`` is ``#lobby``. Every user's source is
 ``nick!nick@HOST`` (the server name as host): the hub does not keep idents or
 addresses per face, and nobody's address is shown to others.
 """
 
+import itertools
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
+from ...delivery.render import register_rendering
 from .message import MAX_BODY, build, split_text
 from .numerics import NUMERIC
 
@@ -356,3 +365,66 @@ def track(event, ctx: Context) -> None:
         ctx.joined = None
     else:
         ctx.joined = ctx.after_names = None
+
+
+# -- the delivery layer's renderings -------------------------------------------
+
+# The capabilities that change a shared line (Context.variant, in its order).
+VARIANT_CAPS = ("server-time", "message-tags", "account-tag", "extended-join")
+# SHARED events that also change what the recipient's face knows: its own
+# JOIN (a topic right after it is numerics 332/333) and NICK (its own nick,
+# which numerics name). In a room's share they are rendered per recipient
+# (they are rare: a big room's joins come as ``presence``), by the face.
+TRACKED = frozenset({"join", "nick"})
+# The rest of SHARED: the same bytes for every recipient of a variant.
+PLAIN = SHARED - TRACKED
+
+
+def personal(event) -> bool:
+    """Whether ``event`` is rendered per recipient in an IRC mode: anything
+    not PLAIN, and replayed history (its batch is the connection's own)."""
+    return event.type not in PLAIN or bool(event.fields.get("history"))
+
+
+class Renderings:
+    """One server's IRC renderings in the registry: a mode per tag variant
+    (registered when first used), whose events of PLAIN types are rendered
+    once for everybody; the others are personal and rendered by the
+    recipient's face (``recipient.face.render_bytes(event)``)."""
+
+    _serial = itertools.count(1)
+
+    def __init__(self, renderer: Renderer):
+        # The registry outlives a server (tests make many): it holds the
+        # renderer weakly, so that a finished server's hub can go.
+        self._renderer = weakref.ref(renderer)
+        self.prefix = f"irc/{next(self._serial)}"
+        self._modes = {}  # variant -> mode
+
+    def mode(self, caps) -> str:
+        """The mode of a connection with capabilities ``caps``."""
+        variant = tuple(cap in caps for cap in VARIANT_CAPS)
+        mode = self._modes.get(variant)
+        if mode is None:
+            mode = self.prefix + "".join("+" + cap for cap, on in zip(VARIANT_CAPS, variant)
+                                         if on)
+            register_rendering(mode, self._rendering(variant), personal)
+            self._modes[variant] = mode
+        return mode
+
+    def _rendering(self, variant):
+        ref = self._renderer
+
+        def render(event, recipient=None) -> bytes:
+            if recipient is not None:  # personal: the recipient's face says
+                return recipient.face.render_bytes(event)
+            renderer = ref()
+            if renderer is None:
+                return b""
+            if event.type in SHARED:
+                lines = renderer.shared(event, variant)
+            else:
+                lines = renderer.direct(event, Context())
+            return "".join([line + "\r\n" for line in lines]).encode("utf-8")
+
+        return render
