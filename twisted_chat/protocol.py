@@ -37,6 +37,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     log = Logger()
     outlet = None  # its Outlet, from connectionMade on
     initial_mode = TEXT  # a face that speaks JSON from the start says so (web.session)
+    outlet_class = Outlet  # a face whose output differs says how (web.session)
 
     def __init__(self):
         self.member = None
@@ -72,7 +73,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         factory = self.factory
         self.MAX_LENGTH = factory.max_line + 1  # room for the CR of a CRLF
         self.peer, self.host = _peer(self.transport)
-        outlet = self.outlet = Outlet(factory.turn, self.transport, self, self.initial_mode)
+        outlet = self.outlet = self.outlet_class(factory.turn, self.transport, self,
+                                                 self.initial_mode)
         refused = factory.turn.admit(outlet, self.host)
         if refused is not None:
             self._refuse(refused)

@@ -240,6 +240,12 @@ class Outlet:
         else:
             member.express = None
 
+    def transport_written(self) -> None:
+        """Something other than this outlet wrote to its transport (a
+        WebSocket's pings and close frame): what it left queued there must
+        go before the room's next share, so the handle is checked again."""
+        self._express()
+
     @staticmethod
     def push_express(members, socks, data: bytes) -> None:
         """The room share ``data`` to each member's socket, in one pass; what

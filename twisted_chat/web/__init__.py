@@ -1,6 +1,7 @@
 """The web face: the browser client's page and its WebSocket (``twistd chat --web``).
 
 :mod:`.site` serves the page (``static/``) and ``/ws``; :mod:`.session` makes
-each WebSocket a line-protocol session in JSON mode; :mod:`.frames` turns the
-line face's output into WebSocket frames, once per shared blob.
+each WebSocket a line-protocol session in JSON mode; :mod:`.frames` renders
+the line face's events as WebSocket frames (``ws-json``, ``ws-text``), once
+per event for every receiver.
 """

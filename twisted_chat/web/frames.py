@@ -1,13 +1,28 @@
-"""WebSocket framing of the line face's output (RFC 6455, section 5.2).
+"""WebSocket framing of the line face's output (RFC 6455, section 5.2), and
+the web face's two renderings in the delivery layer's registry.
 
 The line face writes CRLF-terminated lines (one JSON event each); over a
 WebSocket each line leaves as one unmasked, unfragmented, uncompressed text
-frame. A server's frames are the same bytes for every receiver, so a room's
-share of a turn, which the fan-out hands as the *same* ``bytes`` object to
-every member, is framed once for all of them (:class:`FrameCache`): the bytes
+frame. A server's frames are the same bytes for every receiver, so they are
+renderings of their own (:mod:`twisted_chat.delivery.render`): ``ws-json``
+and ``ws-text`` are the line face's ``json`` and ``text`` with each line as a
+frame. An event is framed once, whoever receives it, and a room's share of a
+turn is one ``bytes`` object of frames for all its WebSocket members, which
+the fan-out's express sends hand to their sockets in bulk: the bytes
 Autobahn's ``prepareMessage`` would build, without its per-receiver
 ``sendPreparedMessage`` (docs/performance.rst, "The WebSocket face").
+:class:`FrameCache` frames a blob of lines once per object (the benchmark
+``twisted_chat.bench.wsframing`` measures it).
 """
+
+from ..delivery.render import register_rendering
+from ..events import JSON, TEXT
+
+WS_JSON = "ws-json"
+WS_TEXT = "ws-text"
+# The line face's mode of each web mode, and back.
+LINE_MODE = {WS_JSON: JSON, WS_TEXT: TEXT}
+WEB_MODE = {JSON: WS_JSON, TEXT: WS_TEXT}
 
 _CRLF = b"\r\n"
 
@@ -58,3 +73,17 @@ class FrameCache:
         framed = frame_lines(data)
         self._data, self._frames = data, framed
         return framed
+
+
+def _ws_json(event, recipient=None) -> bytes:
+    """The event's JSON line (cached on it for the line face too) as a frame."""
+    return frame(event.encode(JSON)[:-2])
+
+
+def _ws_text(event, recipient=None) -> bytes:
+    """The event's text lines, a frame each."""
+    return frame_lines(event.encode(TEXT))
+
+
+register_rendering(WS_JSON, _ws_json)
+register_rendering(WS_TEXT, _ws_text)

@@ -6,8 +6,13 @@ the frame and message size bounds, pings and the close handshake. Once the
 socket is open it starts a :class:`WebChatProtocol`, the line face's
 ``ChatProtocol`` itself (rate limit, command parsing and dispatch, login,
 bounded coalesced output, registration with the one ``ChatFactory``), over a
-:class:`FramedTransport`: each text message in is one line, each line out is
-one text frame. Nothing about rooms or commands is written twice.
+:class:`WebSocketTransport`: each text message in is one line, and its
+output is rendered as frames (the ``ws-json`` and ``ws-text`` renderings of
+:mod:`.frames`, a text frame per line) by a :class:`WebOutlet` writing to the
+socket's own transport. So a room's share is framed once for all its
+WebSocket members, and while a session's plain TCP socket is idle the
+fan-out's express sends put it there in bulk with everybody else's. Nothing
+about rooms or commands is written twice.
 """
 
 from urllib.parse import urlsplit
@@ -18,9 +23,10 @@ from twisted.internet.interfaces import IConsumer, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..delivery.outlet import BoundedOutput, Outlet
 from ..events import JSON
 from ..protocol import ChatProtocol
-from .frames import FrameCache
+from .frames import LINE_MODE, WEB_MODE, WS_JSON
 
 # Default ports of the schemes a page may be served by.
 _DEFAULT_PORT = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -33,12 +39,40 @@ PING_INTERVAL = 30.0  # seconds between pings of an idle socket (proxies drop si
 PING_TIMEOUT = 30.0  # a pong later than this: the peer is gone
 
 
+class WebOutlet(Outlet):
+    """A session's outlet: its renderings are frames already, so its bounded
+    output writes to the socket's own transport (the session's producer is
+    that transport's anyway). On a plain TCP socket that is the direct
+    writer and the express handle of the line face's outlets, with the same
+    rules: Autobahn's own frames (pings, pongs, the close frame) queued in
+    that transport clear the handle (``WebSocketSession.sendData``), and so
+    does closing. Closing the connection is still the session's: the close
+    handshake, through :class:`WebSocketTransport`."""
+
+    __slots__ = ()
+
+    def open(self, limit: int) -> None:
+        self.output = BoundedOutput(self.transport.raw, limit, self._overflowed,
+                                    changed=self._express)
+
+
 class WebChatProtocol(ChatProtocol):
     """The line face's session, speaking JSON from the first event (the page
     never asks for ``/mode json``), so its sender gets its own messages back
-    with their ids."""
+    with their ids. Its modes are the line face's, framed: ``/mode text``
+    and ``/mode json`` switch between ``ws-text`` and ``ws-json``."""
 
-    initial_mode = JSON
+    initial_mode = WS_JSON
+    outlet_class = WebOutlet
+
+    @property
+    def mode(self):
+        """The line face's mode its output is in (JSON or TEXT), framed."""
+        return JSON if self.outlet is None else LINE_MODE[self.outlet.mode]
+
+    @mode.setter
+    def mode(self, mode):
+        self.outlet.set_mode(WEB_MODE[mode])
 
     def connectionMade(self):
         super().connectionMade()
@@ -47,22 +81,22 @@ class WebChatProtocol(ChatProtocol):
 
 
 @implementer(ITransport, IConsumer)
-class FramedTransport:
-    """What the session writes, as WebSocket frames on the socket's transport.
+class WebSocketTransport:
+    """The session's transport: what it writes is frames already (its
+    renderings frame each line), and closing is the close handshake.
 
-    Everything but writing and closing is the socket's transport's own:
-    peer address (per-address limits), producers (the bounded output, input
-    pausing), TCP options.
+    Everything else is the socket's transport's own (``raw``): peer address
+    (per-address limits), producers (the bounded output, input pausing), TCP
+    options.
     """
 
-    def __init__(self, ws, frames):
+    def __init__(self, ws):
         self._ws = ws
-        self._raw = ws.transport
-        self._frames = frames
+        self.raw = self._raw = ws.transport
 
     def write(self, data):
         if data:
-            self._raw.write(self._frames(data))
+            self._raw.write(data)
 
     def writeSequence(self, seq):
         self.write(b"".join(seq))
@@ -107,7 +141,7 @@ class WebSocketSession(WebSocketServerProtocol):
     def onOpen(self):
         chat = self.chat = WebChatProtocol()
         chat.factory = self.factory.chat
-        chat.makeConnection(FramedTransport(self, self.factory.frames))
+        chat.makeConnection(WebSocketTransport(self))
 
     def onMessage(self, payload, isBinary):
         chat = self.chat
@@ -122,6 +156,22 @@ class WebSocketSession(WebSocketServerProtocol):
         # One message is one line: CR and LF are control characters, which
         # the line protocol strips from text anyway.
         chat.dataReceived(payload.translate(None, b"\r\n") + b"\n")
+
+    def sendData(self, data, sync=False, chopsize=None):
+        """Autobahn's every write (handshake, pings, pongs, close): bytes in
+        the transport that the room's next share must not pass."""
+        super().sendData(data, sync, chopsize)
+        chat = self.chat
+        if chat is not None and chat.outlet is not None:
+            chat.outlet.transport_written()
+
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
+        """No frame of the session's may follow the close frame: its output
+        ends here (what it has queued goes first)."""
+        chat = self.chat
+        if chat is not None and self.state == self.STATE_OPEN and chat.output is not None:
+            chat.output.close()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def close_socket(self):
         """The session is done: close handshake (after what is queued)."""
@@ -146,7 +196,6 @@ class WebSocketFactory(WebSocketServerFactory):
     def __init__(self, chat, origins=()):
         super().__init__(server="twisted-chat")
         self.chat = chat
-        self.frames = FrameCache()
         self.origins = {_origin(o) for o in origins if o != "*"}
         self.any_origin = "*" in origins
         limit = chat.max_line * MESSAGE_SLACK + 64
