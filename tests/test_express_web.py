@@ -289,3 +289,80 @@ class WebExpressTests(WebExpressTestCase):
         got = b.frames()
         self.assertEqual([op for op, _ in got], [0x1, 0x8])
         self.assertEqual(json.loads(got[0][1])["type"], "bye")
+
+
+def frame(opcode, payload: bytes, fin=True, mask=True) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if not mask:
+        return head + bytes([n]) + payload
+    key = os.urandom(4)
+    return head + bytes([0x80 | n]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class InputTests(WebExpressTestCase):
+    """What a client sends: whole text frames are taken without Autobahn's
+    frame parser; anything else is Autobahn's, with its rules."""
+
+    def setUp(self):
+        super().setUp()
+        self.a, self.b = self.ws_connect("alice"), self.ws_connect("bob")
+
+    def test_many_frames_of_one_read_and_a_ping_among_them(self):
+        a = self.a
+        a.proto.dataReceived(masked(0x1, b"one") + masked(0x1, "zwei \u00e9".encode())
+                             + frame(0x9, b"pp") + masked(0x1, b"three"))
+        self.clock.advance(0)
+        a.drain()
+        got = a.frames()
+        self.assertEqual(got[0], (0xA, b"pp"))  # the pong, written at once
+        self.assertEqual([json.loads(p)["text"] for _, p in got[1:]],
+                         ["one", "zwei \u00e9", "three"])
+        self.assertEqual(self.b.texts(), ["one", "zwei \u00e9", "three"])
+
+    def test_a_frame_split_over_reads(self):
+        data = masked(0x1, b"x" * 300) + masked(0x1, b"next")
+        for cut in (1, 3, 150, len(data) - 2):
+            self.a.proto.dataReceived(data[:cut])
+            self.a.proto.dataReceived(data[cut:])
+            self.clock.advance(0)
+            self.assertEqual(self.b.texts(), ["x" * 300, "next"])
+
+    def test_a_fragmented_message(self):
+        self.a.proto.dataReceived(frame(0x1, b"frag", fin=False) + frame(0x0, b"ment")
+                                  + masked(0x1, b"whole"))
+        self.clock.advance(0)
+        self.assertEqual(self.b.texts(), ["fragment", "whole"])
+
+    def test_invalid_utf8_fails_the_connection(self):
+        self.a.proto.dataReceived(masked(0x1, b"ok") + masked(0x1, b"bad \xff")
+                                  + masked(0x1, b"never"))
+        self.clock.advance(0)
+        self.a.drain()
+        got = self.a.frames()
+        self.assertEqual(got[-1][0], 0x8)
+        self.assertEqual(struct.unpack("!H", got[-1][1][:2])[0], 1007)
+        self.assertEqual(self.b.texts(), ["ok"])
+
+    def test_an_unmasked_frame_fails_the_connection(self):
+        messages = []
+        self.patch(self.a.proto, "onMessage", lambda *args: messages.append(args))
+        # (Read as if masked, its first four bytes and the four after it
+        # would make a valid message: it must not be one.)
+        self.a.proto.dataReceived(frame(0x1, b"plain text here", mask=False) + b"abcd")
+        self.assertEqual(messages, [])
+        self.clock.advance(0)
+        self.a.drain()
+        got = self.a.frames()
+        self.assertEqual(got[-1][0], 0x8)
+        self.assertEqual(struct.unpack("!H", got[-1][1][:2])[0], 1002)
+        self.assertEqual(self.b.texts(), [])
+
+    def test_over_the_bound_closes_with_1009(self):
+        big = b"x" * (self.factory.max_line * 2 + 100)
+        self.a.proto.dataReceived(masked(0x1, big))
+        self.clock.advance(0)
+        self.a.drain()
+        got = self.a.frames()
+        self.assertEqual(struct.unpack("!H", got[-1][1][:2])[0], 1009)
+        self.assertEqual(self.b.texts(), [])

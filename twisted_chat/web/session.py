@@ -143,6 +143,63 @@ class WebSocketSession(WebSocketServerProtocol):
         chat.factory = self.factory.chat
         chat.makeConnection(WebSocketTransport(self))
 
+    def dataReceived(self, data):
+        """Whole, unfragmented, masked text frames at the start of ``data``
+        go straight to the session (:meth:`_text_frames`); everything else,
+        and whatever follows the first frame that is not one, is Autobahn's."""
+        if (self.state == self.STATE_OPEN and self.chat is not None and not self.data
+                and self.current_frame is None and not self.inside_message
+                and self._perMessageCompress is None and not self.logFrames
+                and not self.logOctets):
+            data = self._text_frames(data)
+            if not data:
+                return
+        super().dataReceived(data)
+
+    def _text_frames(self, data):
+        """Hand the session each text message of ``data`` that is one whole
+        frame: final, masked, no reserved bits, within the size bounds, valid
+        UTF-8. Return the rest, from the first frame that is anything else
+        (a control frame, a fragment, an incomplete or a faulty frame) for
+        Autobahn to handle as it does every frame.
+
+        Autobahn's frame parser costs about 15-25 us of Python a message
+        (frame and message callbacks, per-frame masker objects, UTF-8
+        validation, debug logging arguments), 2-3 times what the chat then
+        does with it; a chat message is one small text frame."""
+        limit = min([n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n > 0],
+                    default=1 << 20)
+        i, end = 0, len(data)
+        while end - i >= 6 and data[i] == 0x81 and data[i + 1] & 0x80:
+            length = data[i + 1] & 0x7F
+            at = i + 2
+            if length == 126:
+                if end - at < 2:
+                    break
+                length = int.from_bytes(data[at:at + 2], "big")
+                at += 2
+                if length < 126:
+                    break  # not the minimal length encoding: Autobahn says so
+            elif length == 127:
+                break
+            stop = at + 4 + length
+            if length > limit or stop > end:
+                break
+            payload = data[at + 4:stop]
+            if length:
+                mask = data[at:at + 4] * ((length >> 2) + 1)
+                payload = (int.from_bytes(payload, "little")
+                           ^ int.from_bytes(mask[:length], "little")).to_bytes(length, "little")
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn fails the connection (1007)
+            i = stop
+            self.onMessage(payload, False)
+            if self.state != self.STATE_OPEN or self.chat is None:
+                break
+        return data[i:] if i else data
+
     def onMessage(self, payload, isBinary):
         chat = self.chat
         if chat is None:
