@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 
 from twisted_chat.faces.irc.message import parse
 from twisted_chat.faces.irc.protocol import IRCFactory
+from twisted_chat.replay import RecentMessages
 
 from .test_express import ExpressTestCase, TCPConn
 
@@ -267,3 +268,33 @@ class IRCExpressTests(IRCExpressTestCase):
                                          ("message", (True, False, False, False))])
         for conn in plain[1:] + timed:
             self.assertEqual(self.privmsgs(conn), ["once"])
+
+    def test_a_joiners_replay_is_its_own_in_a_batch_and_shared_without(self):
+        from .test_irc_protocol import _ListHistory
+
+        self.hub.history = _ListHistory()
+        self.hub.replay = 10
+        # As a server with a store: joiners share the replay's events.
+        self.hub.recent = RecentMessages(10, clock=self.clock.seconds)
+        line = self.connect("alice")
+        line.send("earlier one")
+        line.send("earlier two")
+        carol = self.irc_connect("carol", caps=("batch",))
+        dave = self.irc_connect("dave")
+        erin = self.irc_connect("erin", caps=("batch",))
+        frank = self.irc_connect("frank")
+        for conn in (carol, dave, erin, frank):
+            conn.send("PART #lobby")
+            conn.lines()
+            conn.send("JOIN #lobby")
+        for conn in (dave, frank):
+            got = [m for m in map(parse, conn.lines()) if m.command in ("PRIVMSG", "BATCH")]
+            self.assertEqual([m.command for m in got], ["PRIVMSG", "PRIVMSG"])
+            self.assertEqual([m.params[-1][-11:] for m in got], ["earlier one", "earlier two"])
+            self.assertFalse(any("batch" in m.tags for m in got))
+        for conn in (carol, erin):
+            got = [m for m in map(parse, conn.lines()) if m.command in ("PRIVMSG", "BATCH")]
+            self.assertEqual([m.command for m in got], ["BATCH", "PRIVMSG", "PRIVMSG", "BATCH"])
+            ref = got[0].params[0][1:]
+            self.assertEqual([m.tags.get("batch") for m in got[1:3]], [ref, ref])
+            self.assertEqual(got[3].params[0], "-" + ref)

@@ -365,12 +365,15 @@ class IRCProtocol(Protocol):
         elif kind in ("history-end", "error") and "label" in event.fields:
             lines = chathistory.ended(self, event)  # the end of a CHATHISTORY page
             return "".join([line + "\r\n" for line in lines]).encode("utf-8") if lines else b""
-        # A replayed message's bytes are never shared: in a batch, they carry
-        # this connection's batch id (and the first one opens it).
+        # A replayed message's bytes in a batch are never shared: they carry
+        # this connection's batch id (and the first one opens it). Without
+        # the batch capability they are the same for every joiner of the
+        # variant (10,000 joiners of a room are each replayed its history).
         history = bool(event.fields.get("history"))
-        shared = kind in SHARED and self._batch is None and not history
+        shared = (kind in SHARED and self._batch is None
+                  and not (history and "batch" in self.caps))
         if shared:
-            if kind in PLAIN:
+            if kind in PLAIN and not history:
                 # The room's share: rendered once per variant, cached on the event.
                 track(event, ctx)
                 return event.encode(self.outlet.mode)
