@@ -31,7 +31,10 @@ PIECES = [b"\r\n", b"\n", b"\r", b"NICK ", b"USER u 0 * :R\r\n", b"CAP LS 302\r\
           b"CHATHISTORY BEFORE #dev msgid=3 2\r\n", b"CHATHISTORY AROUND #dev msgid=",
           b"CHATHISTORY BETWEEN #dev timestamp=2023-11-14T22:13:20.000Z msgid=1 ",
           b"CHATHISTORY AFTER #lobby timestamp=", b"CHATHISTORY TARGETS * * 3\r\n",
-          b"CHATHISTORY ", b"2023-11-14T22:13:20.000Z", b"msgid=99999999999999999999"]
+          b"CHATHISTORY ", b"2023-11-14T22:13:20.000Z", b"msgid=99999999999999999999",
+          b"CAP REQ :away-notify\r\n", b"AWAY :", b"AWAY\r\n", b"AWAY :back soon\r\n",
+          b"WHO alice\r\n",
+          b"CAP REQ :account-notify account-tag extended-join\r\n"]
 
 chunk = st.one_of(st.binary(max_size=40), st.sampled_from(PIECES),
                   st.lists(st.sampled_from(PIECES), max_size=8).map(b"".join))

@@ -119,7 +119,8 @@ class RegistrationTests(IRCTestCase):
         self.assertEqual(set(ls.params[2].split()),
                          {"server-time", "message-tags", "echo-message", "multi-prefix",
                           "userhost-in-names", "cap-notify", "batch", "account-tag",
-                          "extended-join", "draft/chathistory"})
+                          "extended-join", "draft/chathistory", "away-notify",
+                          "account-notify"})
         c.send("CAP REQ :server-time echo-message")
         (ack,) = c.messages()
         self.assertEqual(ack.params[1:], ["ACK", "server-time echo-message"])
@@ -452,6 +453,53 @@ class AccountTests(IRCTestCase):
         c.send("JOIN #dev")
         self.assertEqual(d.lines(), [":alice!alice@chat.test JOIN #dev alice alice"])
 
+    def test_account_notify_once_when_a_neighbour_logs_in(self):
+        dora = self.connect("dora", caps=("account-notify",))
+        eve = self.connect("eve")
+        c = self.connect("al", caps=("sasl",))
+        c.send("JOIN #dev")
+        dora.send("JOIN #dev")
+        for each in self.conns:
+            each.lines()
+        c.send("AUTHENTICATE PLAIN")
+        c.send("AUTHENTICATE " + base64.b64encode(b"\0alice\0pw-a").decode())
+        self.assertEqual(c.commands(), ["AUTHENTICATE", "NICK", "900", "903"])
+        self.assertEqual([(m.command, m.source, m.params) for m in dora.messages()],
+                         [("NICK", "al!al@chat.test", ["alice"]),
+                          ("ACCOUNT", "alice!alice@chat.test", ["alice"])])
+        self.assertEqual(eve.commands(), ["NICK"])
+
+    def test_account_tag_is_the_senders_when_it_spoke(self):
+        held = []
+
+        class Slow(MemoryHistory):
+            def append(self, record, done, failed=None):
+                held.append(done)
+
+        self.hub.history = Slow()
+        dora = self.connect("dora", caps=("account-tag", "extended-join"))
+        bob = self.connect("bob")
+        c = IRCConn(self.factory, self.clock, 5)
+        self.sasl(c, "alice", "pw-a")
+        c.send("CAP END")
+        c.lines()
+        dora.lines()
+        bob.send("PRIVMSG #lobby :trust me")  # a guest speaks; stored later
+        bob.send("NICK robert")
+        c.send("NICK bob")  # alice, logged in, takes the nick meanwhile
+        for done in held:
+            done(1)
+        # (the renames wait behind the message, in the order they were accepted)
+        self.assertEqual(dora.lines(), [":bob!bob@chat.test PRIVMSG #lobby :trust me",
+                                        ":bob!bob@chat.test NICK robert",
+                                        ":alice!alice@chat.test NICK bob"])
+        # extended-join says the joiner's account as it joined
+        c.send("JOIN #dev")
+        dora.send("JOIN #dev")
+        dora.lines()
+        bob.send("JOIN #dev")
+        self.assertEqual(dora.lines(), [":robert!robert@chat.test JOIN #dev * robert"])
+
     def test_sasl_failure_then_guest(self):
         c = IRCConn(self.factory, self.clock, 5)
         msgs = self.sasl(c, "alice", "wrong", nick="alice")
@@ -695,3 +743,83 @@ class ChatHistoryTests(IRCTestCase):
         msgs = carol.messages()
         self.assertEqual([m.command for m in msgs], ["PRIVMSG", "PRIVMSG"])
         self.assertTrue(msgs[0].params[1].endswith("m5"))
+
+
+class AwayTests(IRCTestCase):
+    def setUp(self):
+        super().setUp()
+        self.alice = self.connect("alice", caps=("away-notify",))
+        self.bob = self.connect("bob")
+        self.carol = self.connect("carol", caps=("away-notify", "server-time"))
+        self.dave = self.connect("dave")
+        for c in (self.alice, self.bob, self.carol, self.dave):
+            c.send("JOIN #dev")
+        for c in self.conns:
+            c.lines()
+
+    def test_away_and_back_once_per_neighbour(self):
+        self.bob.send("AWAY :gone to lunch")
+        self.assertEqual([(m.command, m.params[1:]) for m in self.bob.messages()],
+                         [("306", ["You have been marked as being away"])])
+        # alice and carol share #lobby and #dev with bob: one AWAY each.
+        got = self.alice.messages()
+        self.assertEqual([(m.command, m.source, m.params) for m in got],
+                         [("AWAY", "bob!bob@chat.test", ["gone to lunch"])])
+        self.assertIn("time", self.carol.messages()[0].tags)
+        self.assertEqual(self.dave.lines(), [])
+        self.bob.send("AWAY")
+        self.assertEqual(self.bob.commands(), ["305"])
+        self.assertEqual([(m.command, m.params) for m in self.alice.messages()],
+                         [("AWAY", [])])
+        self.assertEqual(self.dave.lines(), [])
+
+    def test_away_again_tells_only_oneself(self):
+        self.bob.send("AWAY :lunch")
+        for c in self.conns:
+            c.lines()
+        self.bob.send("AWAY :lunch")
+        self.assertEqual(self.bob.commands(), ["306"])
+        self.assertEqual(self.alice.lines(), [])
+
+    def test_rpl_away_on_privmsg_whois_and_who_flags(self):
+        self.bob.send("AWAY :gone to lunch")
+        self.alice.lines()
+        self.alice.send("PRIVMSG bob :hi")
+        self.assertEqual([(m.command, m.params[1:]) for m in self.alice.messages()],
+                         [("301", ["bob", "gone to lunch"])])
+        self.alice.send("NOTICE bob :hi")
+        self.assertEqual(self.alice.lines(), [])
+        self.alice.send("WHOIS bob")
+        whois = self.alice.messages()
+        self.assertIn(("301", ["bob", "gone to lunch"]), [(m.command, m.params[1:])
+                                                          for m in whois])
+        self.alice.send("WHO #dev")
+        flags = {m.params[5]: m.params[6] for m in self.alice.messages() if m.command == "352"}
+        self.assertEqual(flags["bob"][0], "G")
+        self.assertEqual(flags["alice"][0], "H")
+
+    def test_a_joiner_who_is_away_is_said_to_be(self):
+        self.bob.send("AWAY :afk")
+        self.carol.send("JOIN #new")
+        self.dave.send("JOIN #new")
+        for c in self.conns:
+            c.lines()
+        self.bob.send("JOIN #new")
+        self.assertEqual([(m.command, m.params) for m in self.carol.messages()],
+                         [("JOIN", ["#new"]), ("AWAY", ["afk"])])
+        self.assertEqual(self.dave.commands(), ["JOIN"])
+
+    def test_message_is_cleaned_and_bounded(self):
+        member = self.hub.members["bob"]
+        self.hub.set_away(member, "x\ry\x00z\x1b[31m\x02bold\x03" + "w" * 400)
+        self.assertEqual(member.away, ("xyz[31mbold" + "w" * 400)[:300])
+        self.hub.set_away(member, " \x01 ")
+        self.assertIsNone(member.away)
+
+    def test_advertised(self):
+        c = IRCConn(self.factory, self.clock, 1)
+        c.send("CAP LS 302", "NICK erin", "USER erin 0 * :e", "CAP END")
+        msgs = c.messages()
+        self.assertIn("away-notify", msgs[0].params[-1].split())
+        tokens = [t for m in msgs if m.command == "005" for t in m.params[1:-1]]
+        self.assertIn("AWAYLEN=300", tokens)

@@ -35,8 +35,14 @@ class RenderTests(SynchronousTestCase):
         ctx = Context("me", {"server-time", "message-tags"})
         self.assertEqual(self.lines(e, ctx), [
             "@time=2023-11-14T22:13:20.250Z;msgid=7 :bob!bob@chat.example PRIVMSG #dev hi"])
-        self.r.account_of = {"bob": "bob"}.get
+        # account-tag: the account the event says the sender had when it
+        # spoke (the hub's private _account), not whoever holds the nick now.
+        self.r.account_of = {"bob": "somebody-else"}.get
         self.assertEqual(self.lines(e, Context("me", {"account-tag"})), [
+            ":bob!bob@chat.example PRIVMSG #dev hi"])
+        logged_in = timed("message", id=8, ts=None, room="dev", nick="bob", text="hi",
+                          _account="bob")
+        self.assertEqual(self.lines(logged_in, Context("me", {"account-tag"})), [
             "@account=bob :bob!bob@chat.example PRIVMSG #dev hi"])
         self.assertEqual(self.lines(e, Context("x", {"server-time"})), [
             "@time=2023-11-14T22:13:20.250Z :bob!bob@chat.example PRIVMSG #dev hi"])

@@ -15,6 +15,7 @@ from twisted_chat.faces.irc import message
 from twisted_chat.tap import Options
 
 from .support import ChatServer, LineClient
+from .test_accounts import AccountServerTestCase
 
 IRC_LISTENING = r"irc listening on tcp:(\d+)"
 
@@ -312,6 +313,41 @@ class TwistedIRCClientTests(IRCServerTestCase):
         self.assertEqual(ev["room"], "dev")
         bob.expect_event("message", nick="tw", text="bows", action=True)
 
+    def test_away_across_faces(self):
+        bob = self.line("bob")  # JSON
+        carol = self.server.client()  # text
+        self.addCleanup(carol.close)
+        carol.readline()
+        carol.send("/nick carol")
+        carol.expect_text("carol")
+        dave = self.irc("dave", caps=("away-notify",))
+        alice = self.irc("alice")
+        dave.expect_msg("JOIN", "#lobby")  # alice's
+        alice.send("AWAY :\x02gone\x02 fishing\x01")
+        alice.expect_msg("306")
+        m = dave.expect_msg("AWAY")
+        self.assertEqual((m.source.split("!")[0], m.params), ("alice", ["gone fishing"]))
+        dave.send("PRIVMSG alice :there?")
+        self.assertEqual(dave.expect_msg("301").params[1:], ["alice", "gone fishing"])
+        # The line protocol carries no away state: nothing at all reaches
+        # its users, in either mode, before the answer to their next ping.
+        bob.send("/ping one")
+        events = []
+        while not events or events[-1]["type"] != "pong":
+            events.append(bob.event())
+        self.assertEqual({e["type"] for e in events}, {"join", "pong"})
+        carol.send("/ping two")
+        lines = [carol.readline()]
+        while lines[-1] != "-- pong two":
+            lines.append(carol.readline())
+        for line in lines[:-1]:
+            self.assertTrue(line.strip(), lines)
+            self.assertNotIn("fishing", line)
+            self.assertNotIn("away", line)
+        alice.send("AWAY")
+        alice.expect_msg("305")
+        self.assertEqual(dave.expect_msg("AWAY").params, [])
+
 
 class ChatHistoryChecks:
     """draft/chathistory end to end, on whatever store the server has."""
@@ -394,3 +430,35 @@ class ChatHistoryChecks:
 
 class ChatHistorySQLiteTests(ChatHistoryChecks, IRCServerTestCase):
     db = "chat.sqlite"  # in the server's own directory: the writer process and a reader
+
+
+class IRCAccountTests(AccountServerTestCase):
+    """account-notify, account-tag and extended-join with a line-protocol user
+    who logs in (``--auth``)."""
+
+    def server_args(self):
+        return (*super().server_args(), "--irc", "tcp:0:interface=127.0.0.1")
+
+    def test_account_notify_and_tags_across_faces(self):
+        found = self.server.grep(IRC_LISTENING)
+        line = found[0] if found else self.server.wait_for_log(IRC_LISTENING)
+        dora = IRCLineClient(int(re.search(IRC_LISTENING, line).group(1)))
+        self.addCleanup(dora.close)
+        dora.register("dora", caps=("account-notify", "account-tag", "extended-join"))
+        bob = self.client("bobby")
+        m = dora.expect_msg("JOIN", "#lobby")
+        self.assertEqual((m.source.split("!")[0], m.params[1:]), ("bobby", ["*", "bobby"]))
+        bob.send("as a guest")
+        m = dora.expect_msg("PRIVMSG", "#lobby")
+        self.assertEqual((m.params[1], "account" in m.tags), ("as a guest", False))
+        self.login(bob, "bob", self.accounts["bob"])
+        m = dora.msg()
+        self.assertEqual((m.command, m.source.split("!")[0], m.params), ("NICK", "bobby", ["bob"]))
+        m = dora.msg()
+        self.assertEqual((m.command, m.source.split("!")[0], m.params), ("ACCOUNT", "bob", ["bob"]))
+        bob.send("/join dev")
+        dora.send("JOIN #dev")
+        m = dora.expect_msg("353")
+        bob.send("/say dev as myself")
+        m = dora.expect_msg("PRIVMSG", "#dev")
+        self.assertEqual((m.params[1], m.tags.get("account")), ("as myself", "bob"))

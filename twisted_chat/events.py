@@ -213,12 +213,21 @@ def info(message: str) -> Event:
     return Event("info", {"message": message})
 
 
+# Core events the line protocol does not carry (docs/protocol.rst lists what
+# it does): both renderings make nothing of them, not a line.
+UNSHOWN = frozenset({"away", "account"})
+
+
 def _json_line(event: Event, recipient=None) -> bytes:
+    if event.type in UNSHOWN:
+        return b""
     return (json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
             + "\r\n").encode("utf-8")
 
 
 def _text_line(event: Event, recipient=None) -> bytes:
+    if event.type in UNSHOWN:
+        return b""
     return (_TEXT[event.type](event.fields) + "\r\n").encode("utf-8")
 
 

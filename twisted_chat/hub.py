@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import __version__, fanout, presence
-from .commands import fold, valid_nick, valid_room
+from .commands import fold, strip_controls, valid_nick, valid_room
 from .errors import ChatError
 from .events import Event, error, rfc3339
 from .history import HISTORY_CAP, IHistoryStore, private_message, room_message
@@ -39,6 +39,7 @@ log = Logger()
 PROTOCOL = 2  # the line protocol's version, named in the welcome
 DEFAULT_REPLAY = 50  # messages replayed to a joiner (twistd chat --history)
 DEFAULT_MAX_ROOMS = 50  # rooms per connection (twistd chat --max-rooms)
+MAX_AWAY = 300  # characters of an away message
 
 _NOT_STORED = error("not-stored", "the server could not store your message, so nobody "
                     "received it; try again later")
@@ -49,7 +50,7 @@ class Member:
 
     __slots__ = ("nick", "key", "rooms", "active", "registered", "host", "echo", "deliver",
                  "account", "direct", "sink", "express", "express_via", "gone", "_live",
-                 "_held", "_replayed", "replay_on_join", "__weakref__")
+                 "_held", "_replayed", "replay_on_join", "away", "__weakref__")
 
     def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None,
                  host: Optional[str] = None):
@@ -82,6 +83,7 @@ class Member:
         # Whether joining a room replays its last messages; a client that
         # pages history itself (IRC's draft/chathistory) asks for none.
         self.replay_on_join = True
+        self.away: Optional[str] = None  # its away message while it is away
         # While history is being fetched for this member, ``deliver`` is
         # swapped for one that queues events in ``_held`` behind the fetch;
         # ``_live`` keeps the real one. See Hub._replay.
@@ -212,13 +214,14 @@ class _Said:
     garbage collector walks every one of them at each collection.
     """
 
-    __slots__ = ("hub", "member", "room", "epoch", "nick", "text", "t", "action", "event",
-                 "msg_id", "run")
+    __slots__ = ("hub", "member", "room", "epoch", "nick", "account", "text", "t", "action",
+                 "event", "msg_id", "run")
 
     def __init__(self, hub, member, room, text, t, action):
         self.hub, self.member, self.room = hub, member, room
         self.epoch = room.epoch
         self.nick, self.text, self.t, self.action = member.nick, text, t, action
+        self.account = member.account  # the sender's when it spoke (never rendered as is)
         self.event = self.msg_id = None
         self.run = None
 
@@ -230,6 +233,8 @@ class _Said:
                   "text": self.text}
         if self.action:
             fields["action"] = True
+        if self.account is not None:
+            fields["_account"] = self.account
         self.event = Event.timed("message", self.t, **fields)
         self.hub._ready(self, self._send)
 
@@ -448,6 +453,10 @@ class Hub:
             self._rename(member, nick)
         else:
             self.register(member)
+        if member.rooms:
+            # Who shares a room with it learns the account (as the nick, once each).
+            self._to_rooms(list(member.rooms), Event.timed(
+                "account", self.clock(), nick=member.nick, account=key), exclude=member)
 
     def _rename(self, member: Member, nick: str) -> None:
         key = fold(nick)
@@ -465,6 +474,23 @@ class Hub:
         else:
             self.send(member, event)
             self.register(member)
+
+    def set_away(self, member: Member, message: Optional[str]) -> None:
+        """Mark ``member`` away with ``message`` (None or blank: back again).
+
+        The message is cleaned like any text (no control characters, at
+        most MAX_AWAY characters). An ``away`` event (``nick``, ``message``:
+        None when back) goes to the member itself and, when its state
+        changes, to everybody who shares a room with it, once each, as a
+        nick change does."""
+        text = strip_controls(message or "").strip()[:MAX_AWAY] or None
+        changed = text != member.away
+        member.away = text
+        event = Event.timed("away", self.clock(), nick=member.nick, message=text)
+        if changed and member.rooms:
+            self._to_rooms(list(member.rooms), event)  # the member among them
+        else:
+            self.send(member, event)
 
     # -- rooms -------------------------------------------------------------------
 
@@ -527,11 +553,17 @@ class Hub:
         member.rooms[room] = None
         member.active = room
         event = Event.timed("join", self.clock(), room=room.name, nick=member.nick)
+        if member.account is not None:
+            event.fields["_account"] = member.account  # the joiner's, as it joined
         if batched:
             self.send(member, event)  # its own join now; the room's in a presence batch
             presence.joined(self, room, member.nick)
         else:
             self._broadcast(room, event)
+            if member.away is not None:
+                # The room learns that the joiner is away, as if it had just gone.
+                self._to_rooms([room], Event.timed("away", self.clock(), nick=member.nick,
+                                                   message=member.away), exclude=member)
         self.send(member, self._names(room))
         if room.topic:
             self.send(member, self._topic_event(room))
@@ -576,13 +608,15 @@ class Hub:
         recipient = self.members.get(fold(target))
         if recipient is None:
             raise ChatError("no-such-nick", f"nobody is called {target}")
-        sender, t = member.nick, self.clock()
+        sender, t, account = member.nick, self.clock(), member.account
         record = private_message(sender, recipient.nick, text, t)
         step = self._wait()
 
         def accepted(msg_id: int) -> None:
             event = Event.timed("private", t, id=msg_id, ts=None, **{
                 "from": sender, "to": recipient.nick, "text": text})
+            if account is not None:
+                event.fields["_account"] = account
 
             def send():
                 if not recipient.gone:

@@ -30,6 +30,7 @@ from ... import commands as names
 from ...delivery.outlet import Outlet
 from ...delivery.turn import Turn
 from ...errors import ChatError
+from ...hub import MAX_AWAY
 from ...protocol import _tune_socket as tune_socket
 from ...events import Event
 from . import chathistory
@@ -57,6 +58,8 @@ CAPS = {
     "batch": "",
     "account-tag": "",
     "extended-join": "",
+    "away-notify": "",
+    "account-notify": "",
     chathistory.CAP: "",
     "sasl": "PLAIN",
 }
@@ -694,6 +697,7 @@ class IRCProtocol(Protocol):
         max_rooms = getattr(hub, "max_rooms", 50)
         network = hub.server_name.replace(" ", "-")
         return [
+            f"AWAYLEN={MAX_AWAY}",
             "CASEMAPPING=rfc8265",
             f"CHANLIMIT=#:{max_rooms}",
             "CHANMODES=b,k,l,imnt",
@@ -819,6 +823,9 @@ class IRCProtocol(Protocol):
                     hub.say(member, text, room=target[1:], action=action)
                 else:
                     hub.private(member, target, f"* {member.nick} {text}" if action else text)
+                    away = None if notice else hub.members.get(names.fold(target))
+                    if away is not None and away.away:
+                        self._send_numeric("RPL_AWAY", away.nick, away.away)
             except ChatError as e:
                 if notice:
                     continue
@@ -1001,7 +1008,7 @@ class IRCProtocol(Protocol):
 
     def _who_line(self, room_name, m, room=None):
         r = self.factory.renderer
-        flags = "H"
+        flags = "G" if getattr(m, "away", None) else "H"
         if room is not None:
             if self.factory.hub.is_op(m, room):
                 flags += "@"
@@ -1041,9 +1048,16 @@ class IRCProtocol(Protocol):
         if rooms:
             self._send_numeric("RPL_WHOISCHANNELS", m.nick, " ".join(rooms))
         self._send_numeric("RPL_WHOISSERVER", m.nick, r.server, hub.server_name)
+        if getattr(m, "away", None):
+            self._send_numeric("RPL_AWAY", m.nick, m.away)
         if m.account is not None:
             self._send_numeric("RPL_WHOISACCOUNT", m.nick, m.account, "is logged in as")
         self._send_numeric("RPL_ENDOFWHOIS", m.nick, "End of /WHOIS list")
+
+    def irc_AWAY(self, params, msg):
+        """AWAY :text marks one away, AWAY alone back: 306/305, and AWAY to
+        neighbours holding away-notify (the hub's ``away`` event)."""
+        self.factory.hub.set_away(self.member, params[0] if params else None)
 
     def irc_ISON(self, params, msg):
         hub = self.factory.hub

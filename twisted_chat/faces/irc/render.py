@@ -120,7 +120,7 @@ class Renderer:
     def _join(self, f, tags, msgtags, st):
         params = [channel(f["room"])]
         if self._extended_join:
-            params += [self.account_of(f["nick"]) or "*", f["nick"]]
+            params += [f.get("_account") or "*", f["nick"]]
         return [build("JOIN", params, self.source(f["nick"]), tags)]
 
     def _part(self, f, tags, msgtags, st):
@@ -193,7 +193,9 @@ class Renderer:
             if msgtags and i == 0 and f.get("id") is not None:
                 line_tags["msgid"] = str(f["id"])
             if self._account_tag and not f.get("history"):
-                account = self.account_of(nick)
+                # The sender's account when it spoke, carried by the event: the
+                # nick may belong to somebody else by the time it is rendered.
+                account = f.get("_account")
                 if account:
                     line_tags["account"] = account
             if action:
@@ -234,6 +236,24 @@ class Renderer:
         tags = {"time": iso_time(f["_t"])} if "server-time" in ctx.caps and "_t" in f else None
         return [build("TOPIC", [ch, f.get("topic") or ""], self.source(f.get("by") or
                                                                       self.server), tags)]
+
+    def _direct_away(self, f, ctx):
+        """One's own away state as 305/306; another's as AWAY (away-notify)."""
+        message = f.get("message")
+        if f["nick"] == ctx.nick:
+            if message:
+                return [self.numeric(ctx, "RPL_NOWAWAY", "You have been marked as being away")]
+            return [self.numeric(ctx, "RPL_UNAWAY", "You are no longer marked as being away")]
+        if "away-notify" not in ctx.caps:
+            return []
+        tags = {"time": iso_time(f["_t"])} if "server-time" in ctx.caps and "_t" in f else None
+        return [build("AWAY", [message] if message else [], self.source(f["nick"]), tags)]
+
+    def _direct_account(self, f, ctx):
+        """account-notify: a neighbour logged in (the core has no logout)."""
+        if "account-notify" not in ctx.caps:
+            return []
+        return [build("ACCOUNT", [f.get("account") or "*"], self.source(f["nick"]))]
 
     def _direct_invite(self, f, ctx):
         return [build("INVITE", [ctx.nick, channel(f["room"])], self.source(f["by"]))]
