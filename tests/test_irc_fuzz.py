@@ -34,7 +34,9 @@ PIECES = [b"\r\n", b"\n", b"\r", b"NICK ", b"USER u 0 * :R\r\n", b"CAP LS 302\r\
           b"CHATHISTORY ", b"2023-11-14T22:13:20.000Z", b"msgid=99999999999999999999",
           b"CAP REQ :away-notify\r\n", b"AWAY :", b"AWAY\r\n", b"AWAY :back soon\r\n",
           b"WHO alice\r\n",
-          b"CAP REQ :account-notify account-tag extended-join\r\n"]
+          b"CAP REQ :account-notify account-tag extended-join\r\n",
+          b"CAP REQ :setname\r\n", b"SETNAME :", b"SETNAME :New Name\r\n", b"WHOWAS ",
+          b"WHOWAS alice 3\r\n", b"NICK renamed\r\n"]
 
 chunk = st.one_of(st.binary(max_size=40), st.sampled_from(PIECES),
                   st.lists(st.sampled_from(PIECES), max_size=8).map(b"".join))

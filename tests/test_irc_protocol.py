@@ -120,7 +120,7 @@ class RegistrationTests(IRCTestCase):
                          {"server-time", "message-tags", "echo-message", "multi-prefix",
                           "userhost-in-names", "cap-notify", "batch", "account-tag",
                           "extended-join", "draft/chathistory", "away-notify",
-                          "account-notify"})
+                          "account-notify", "setname"})
         c.send("CAP REQ :server-time echo-message")
         (ack,) = c.messages()
         self.assertEqual(ack.params[1:], ["ACK", "server-time echo-message"])
@@ -451,7 +451,7 @@ class AccountTests(IRCTestCase):
         d.send("JOIN #dev")
         d.lines()
         c.send("JOIN #dev")
-        self.assertEqual(d.lines(), [":alice!alice@chat.test JOIN #dev alice alice"])
+        self.assertEqual(d.lines(), [":alice!alice@chat.test JOIN #dev alice U"])
 
     def test_account_notify_once_when_a_neighbour_logs_in(self):
         dora = self.connect("dora", caps=("account-notify",))
@@ -498,7 +498,7 @@ class AccountTests(IRCTestCase):
         dora.send("JOIN #dev")
         dora.lines()
         bob.send("JOIN #dev")
-        self.assertEqual(dora.lines(), [":robert!robert@chat.test JOIN #dev * robert"])
+        self.assertEqual(dora.lines(), [":robert!robert@chat.test JOIN #dev * :bob real"])
 
     def test_sasl_failure_then_guest(self):
         c = IRCConn(self.factory, self.clock, 5)
@@ -823,3 +823,60 @@ class AwayTests(IRCTestCase):
         self.assertIn("away-notify", msgs[0].params[-1].split())
         tokens = [t for m in msgs if m.command == "005" for t in m.params[1:-1]]
         self.assertIn("AWAYLEN=300", tokens)
+
+
+class RealnameTests(IRCTestCase):
+    def setUp(self):
+        super().setUp()
+        self.alice = self.connect("alice", caps=("setname", "extended-join"))
+        self.bob = self.connect("bob", caps=("setname",))
+        self.carol = self.connect("carol")
+        for c in (self.alice, self.bob, self.carol):
+            c.send("JOIN #dev")
+        for c in self.conns:
+            c.lines()
+
+    def test_user_realname_in_whois_who_and_extended_join(self):
+        self.alice.send("WHOIS carol")
+        (user,) = [m for m in self.alice.messages() if m.command == "311"]
+        self.assertEqual(user.params[1:], ["carol", "carol", "chat.test", "*", "carol real"])
+        self.alice.send("WHO #dev")
+        who = {m.params[5]: m.params[-1] for m in self.alice.messages() if m.command == "352"}
+        self.assertEqual(who["bob"], "0 bob real")
+        self.carol.send("PART #dev", "JOIN #dev")
+        self.assertEqual(self.alice.lines()[-1],
+                         ":carol!carol@chat.test JOIN #dev * :carol real")
+
+    def test_setname_to_oneself_and_neighbours_with_the_cap(self):
+        self.bob.send("SETNAME :Bob \x02the\x02 Builder")
+        line = ":bob!bob@chat.test SETNAME :Bob the Builder"
+        self.assertEqual(self.bob.lines(), [line])
+        self.assertEqual(self.alice.lines(), [line])  # once, though two rooms are shared
+        self.assertEqual(self.carol.lines(), [])
+        self.carol.send("WHOIS bob")
+        (user,) = [m for m in self.carol.messages() if m.command == "311"]
+        self.assertEqual(user.params[-1], "Bob the Builder")
+
+    def test_setname_refusals(self):
+        for text in ("", "\x03", "x" * 65):
+            self.bob.send("SETNAME :" + text)
+            self.assertEqual([(m.command, m.params[:2]) for m in self.bob.messages()],
+                             [("FAIL", ["SETNAME", "INVALID_REALNAME"])])
+        self.assertEqual(self.hub.members["bob"].realname, "bob real")
+
+    def test_whowas(self):
+        self.bob.send("NICK robert")
+        self.carol.send("QUIT :bye")
+        self.clock.advance(5)
+        self.alice.lines()
+        self.alice.send("WHOWAS bob", "WHOWAS carol 1", "WHOWAS nobody")
+        got = [(m.command, m.params[1:]) for m in self.alice.messages()]
+        self.assertEqual(got[0], ("314", ["bob", "bob", "chat.test", "*", "bob real"]))
+        self.assertEqual(got[1][0], "312")
+        self.assertEqual(got[2], ("369", ["bob", "End of WHOWAS"]))
+        self.assertEqual([c for c, _ in got[3:6]], ["314", "312", "369"])
+        self.assertEqual(got[6:], [("406", ["nobody", "There was no such nickname"]),
+                                   ("369", ["nobody", "End of WHOWAS"])])
+        # The guest names connections start with are never recorded.
+        self.alice.send("WHOWAS guest1")
+        self.assertEqual(self.alice.commands(), ["406", "369"])

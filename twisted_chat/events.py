@@ -215,7 +215,7 @@ def info(message: str) -> Event:
 
 # Core events the line protocol does not carry (docs/protocol.rst lists what
 # it does): both renderings make nothing of them, not a line.
-UNSHOWN = frozenset({"away", "account"})
+UNSHOWN = frozenset({"away", "account", "realname"})
 
 
 def _json_line(event: Event, recipient=None) -> bytes:

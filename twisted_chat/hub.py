@@ -40,6 +40,8 @@ PROTOCOL = 2  # the line protocol's version, named in the welcome
 DEFAULT_REPLAY = 50  # messages replayed to a joiner (twistd chat --history)
 DEFAULT_MAX_ROOMS = 50  # rooms per connection (twistd chat --max-rooms)
 MAX_AWAY = 300  # characters of an away message
+MAX_REALNAME = 64  # characters of a real name
+KEEP_DEPARTED = 1000  # nicks remembered after they are left behind (Hub.departed)
 
 _NOT_STORED = error("not-stored", "the server could not store your message, so nobody "
                     "received it; try again later")
@@ -50,7 +52,7 @@ class Member:
 
     __slots__ = ("nick", "key", "rooms", "active", "registered", "host", "echo", "deliver",
                  "account", "direct", "sink", "express", "express_via", "gone", "_live",
-                 "_held", "_replayed", "replay_on_join", "away", "__weakref__")
+                 "_held", "_replayed", "replay_on_join", "away", "realname", "__weakref__")
 
     def __init__(self, nick: str, deliver: Callable[[Event], None], sink=None,
                  host: Optional[str] = None):
@@ -84,6 +86,7 @@ class Member:
         # pages history itself (IRC's draft/chathistory) asks for none.
         self.replay_on_join = True
         self.away: Optional[str] = None  # its away message while it is away
+        self.realname: Optional[str] = None  # what it says its name is (IRC's USER)
         # While history is being fetched for this member, ``deliver`` is
         # swapped for one that queues events in ``_held`` behind the fetch;
         # ``_live`` keeps the real one. See Hub._replay.
@@ -331,6 +334,9 @@ class Hub:
         self._sent_id: Optional[int] = None
         self._draining = False
         self.counts = Counts()  # what the server did, for its metrics
+        # Nicks given up (renamed from, or gone), newest last, a bounded few:
+        # (folded nick, nick, realname, account, t). See departed().
+        self._departed = deque(maxlen=KEEP_DEPARTED)
         self._room(self.default_room)
 
     def load_rooms(self):
@@ -412,6 +418,8 @@ class Hub:
                 self._remove(member, room)
         if self.members.get(member.key) is member:
             del self.members[member.key]
+        if member.registered:
+            self._left_behind(member, member.nick)
         member.gone = True
         for room in self.rooms.values():
             room.invited.discard(member)
@@ -461,6 +469,8 @@ class Hub:
     def _rename(self, member: Member, nick: str) -> None:
         key = fold(nick)
         old = member.nick
+        if member.registered:
+            self._left_behind(member, old)
         del self.members[member.key]
         member.nick, member.key = nick, key
         self.members[key] = member
@@ -474,6 +484,38 @@ class Hub:
         else:
             self.send(member, event)
             self.register(member)
+
+    def _left_behind(self, member: Member, nick: str) -> None:
+        self._departed.append((fold(nick), nick, member.realname, member.account,
+                               self.clock()))
+
+    def departed(self, nick: str, limit: int = 5) -> list:
+        """Who last had ``nick`` and gave it up (renamed, or gone), newest
+        first, at most ``limit`` of the last KEEP_DEPARTED: (nick, realname,
+        account, t) tuples."""
+        key = fold(nick)
+        found = []
+        for entry in reversed(self._departed):
+            if entry[0] == key:
+                found.append(entry[1:])
+                if len(found) >= limit:
+                    break
+        return found
+
+    def set_realname(self, member: Member, text: Optional[str], quiet: bool = False) -> None:
+        """``member``'s real name, cleaned like any text (no control
+        characters, at most MAX_REALNAME characters; blank: none). Unless
+        ``quiet`` (a name given as one connects), a ``realname`` event goes
+        to the member and to everybody who shares a room with it, once each."""
+        member.realname = strip_controls(text or "").strip()[:MAX_REALNAME] or None
+        if quiet:
+            return
+        event = Event.timed("realname", self.clock(), nick=member.nick,
+                            realname=member.realname)
+        if member.rooms:
+            self._to_rooms(list(member.rooms), event)  # the member among them
+        else:
+            self.send(member, event)
 
     def set_away(self, member: Member, message: Optional[str]) -> None:
         """Mark ``member`` away with ``message`` (None or blank: back again).
@@ -555,6 +597,8 @@ class Hub:
         event = Event.timed("join", self.clock(), room=room.name, nick=member.nick)
         if member.account is not None:
             event.fields["_account"] = member.account  # the joiner's, as it joined
+        if member.realname is not None:
+            event.fields["_realname"] = member.realname
         if batched:
             self.send(member, event)  # its own join now; the room's in a presence batch
             presence.joined(self, room, member.nick)

@@ -30,7 +30,7 @@ from ... import commands as names
 from ...delivery.outlet import Outlet
 from ...delivery.turn import Turn
 from ...errors import ChatError
-from ...hub import MAX_AWAY
+from ...hub import MAX_AWAY, MAX_REALNAME
 from ...protocol import _tune_socket as tune_socket
 from ...events import Event
 from . import chathistory
@@ -60,6 +60,7 @@ CAPS = {
     "extended-join": "",
     "away-notify": "",
     "account-notify": "",
+    "setname": "",
     chathistory.CAP: "",
     "sasl": "PLAIN",
 }
@@ -310,6 +311,7 @@ class IRCProtocol(Protocol):
         if not self.registered and command not in _PRE_REGISTRATION:
             if command in ("JOIN", "PRIVMSG", "NOTICE", "MODE", "WHO", "WHOIS", "NAMES",
                            "TOPIC", "PART", "LIST", "KICK", "INVITE", "AWAY", "ISON",
+                           "SETNAME", "WHOWAS", "CHATHISTORY",
                            "USERHOST", "MOTD", "LUSERS"):
                 self._send_numeric("ERR_NOTREGISTERED", "You have not registered")
             return
@@ -562,6 +564,8 @@ class IRCProtocol(Protocol):
         if len(params) < 4:
             return self._send_numeric("ERR_NEEDMOREPARAMS", "USER", "Not enough parameters")
         self.user = (params[0][:16] or "user", params[3][:64])
+        if self.member is not None:
+            self.factory.hub.set_realname(self.member, params[3], quiet=True)
         self._try_register()
 
     def irc_AUTHENTICATE(self, params, msg):
@@ -1015,7 +1019,7 @@ class IRCProtocol(Protocol):
             if m in room.voiced and ("multi-prefix" in self.caps or len(flags) == 1):
                 flags += "+"
         self._send_numeric("RPL_WHOREPLY", room_name, m.nick, r.host, r.server, m.nick, flags,
-                           f"0 {m.nick}")
+                           f"0 {_realname(m)}")
 
     def irc_WHO(self, params, msg):
         hub = self.factory.hub
@@ -1040,7 +1044,7 @@ class IRCProtocol(Protocol):
         if m is None or not getattr(m, "registered", True):
             self._send_numeric("ERR_NOSUCHNICK", nick, "No such nick/channel")
             return self._send_numeric("RPL_ENDOFWHOIS", nick, "End of /WHOIS list")
-        self._send_numeric("RPL_WHOISUSER", m.nick, m.nick, r.host, "*", m.nick)
+        self._send_numeric("RPL_WHOISUSER", m.nick, m.nick, r.host, "*", _realname(m))
         rooms = []
         for room in m.rooms:
             prefix = "@" if hub.is_op(m, room) else "+" if m in room.voiced else ""
@@ -1058,6 +1062,36 @@ class IRCProtocol(Protocol):
         """AWAY :text marks one away, AWAY alone back: 306/305, and AWAY to
         neighbours holding away-notify (the hub's ``away`` event)."""
         self.factory.hub.set_away(self.member, params[0] if params else None)
+
+    def irc_SETNAME(self, params, msg):
+        """SETNAME :real name (the setname capability): SETNAME back to
+        oneself and to neighbours holding the capability."""
+        text = names.strip_controls(params[0]).strip() if params else ""
+        if not text or len(text) > MAX_REALNAME:
+            return self._server_line("FAIL", "SETNAME", "INVALID_REALNAME",
+                                     f"a real name has 1 to {MAX_REALNAME} characters")
+        self.factory.hub.set_realname(self.member, text)
+
+    def irc_WHOWAS(self, params, msg):
+        """WHOWAS nick [count]: who last had the nick (the hub keeps the
+        last few nicks given up, renamed from or gone)."""
+        if not params or not params[0]:
+            return self._send_numeric("ERR_NONICKNAMEGIVEN", "No nickname given")
+        nick = params[0].split(",")[0]
+        count = params[1] if len(params) > 1 else ""
+        limit = min(int(count), 10) if count.isascii() and count.isdigit() and \
+            0 < int(count) else 5
+        r = self.factory.renderer
+        found = self.factory.hub.departed(nick, limit)
+        if not found:
+            self._send_numeric("ERR_WASNOSUCHNICK", nick, "There was no such nickname")
+        for was, realname, account, t in found:
+            self._send_numeric("RPL_WHOWASUSER", was, was, r.host, "*", realname or was)
+            self._send_numeric("RPL_WHOISSERVER", was, r.server, time.strftime(
+                "%a %b %d %H:%M:%S %Y UTC", time.gmtime(t)))
+            if account is not None:
+                self._send_numeric("RPL_WHOISACCOUNT", was, account, "was logged in as")
+        self._send_numeric("RPL_ENDOFWHOWAS", nick, "End of WHOWAS")
 
     def irc_ISON(self, params, msg):
         hub = self.factory.hub
@@ -1087,6 +1121,10 @@ def _verb(line: bytes) -> str:
         rest = rest.partition(b" ")[2].lstrip(b" ")
     word = rest.partition(b" ")[0]
     return word.decode("ascii", "replace").upper() if word.isascii() else ""
+
+
+def _realname(member) -> str:
+    return getattr(member, "realname", None) or member.nick
 
 
 def _mask_nick(mask: str) -> str:

@@ -120,7 +120,7 @@ class Renderer:
     def _join(self, f, tags, msgtags, st):
         params = [channel(f["room"])]
         if self._extended_join:
-            params += [f.get("_account") or "*", f["nick"]]
+            params += [f.get("_account") or "*", f.get("_realname") or f["nick"]]
         return [build("JOIN", params, self.source(f["nick"]), tags)]
 
     def _part(self, f, tags, msgtags, st):
@@ -254,6 +254,12 @@ class Renderer:
         if "account-notify" not in ctx.caps:
             return []
         return [build("ACCOUNT", [f.get("account") or "*"], self.source(f["nick"]))]
+
+    def _direct_realname(self, f, ctx):
+        """setname: a neighbour's (or one's own) new real name."""
+        if "setname" not in ctx.caps:
+            return []
+        return [build("SETNAME", [f.get("realname") or f["nick"]], self.source(f["nick"]))]
 
     def _direct_invite(self, f, ctx):
         return [build("INVITE", [ctx.nick, channel(f["room"])], self.source(f["by"]))]
