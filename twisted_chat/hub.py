@@ -83,10 +83,10 @@ class Member:
         self.express_via = None
         self.gone = False  # disconnected: queued events skip it
         # Whether joining a room replays its last messages; a client that
-        # pages history itself (IRC's draft/chathistory) asks for none.
+        # pages history itself asks for none.
         self.replay_on_join = True
         self.away: Optional[str] = None  # its away message while it is away
-        self.realname: Optional[str] = None  # what it says its name is (IRC's USER)
+        self.realname: Optional[str] = None  # the name it gives as its own, if any
         # While history is being fetched for this member, ``deliver`` is
         # swapped for one that queues events in ``_held`` behind the fetch;
         # ``_live`` keeps the real one. See Hub._replay.

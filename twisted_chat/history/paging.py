@@ -1,5 +1,5 @@
-"""Paging a room's history around a reference: the reads behind IRC's
-``CHATHISTORY`` (and any face that pages the same way), in the store's words.
+"""Paging a room's history around a reference, in the store's words: the
+reads behind a face's history paging (the IRC face's ``CHATHISTORY``).
 
 A reference (:class:`Ref`) is a message id or a time in whole milliseconds
 since the epoch (what a rendered ``ts``/``time`` shows: truncated). A page
