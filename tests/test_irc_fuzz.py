@@ -55,6 +55,8 @@ class IRCFuzzTests(SynchronousTestCase):
             tags, body = message.split_tags(raw)
             self.assertLessEqual(len(body), 510, raw)
             message.parse(raw.decode("utf-8"))
+            # A command that raised is caught and told as an internal error.
+            self.assertNotIn(b"internal error", raw)
 
     @settings(max_examples=150, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
