@@ -880,3 +880,19 @@ class RealnameTests(IRCTestCase):
         # The guest names connections start with are never recorded.
         self.alice.send("WHOWAS guest1")
         self.assertEqual(self.alice.commands(), ["406", "369"])
+
+
+class BrokenStoreTests(IRCTestCase):
+    def test_a_read_that_cannot_start_is_a_failed_read_and_the_connection_goes_on(self):
+        class NoPaging(MemoryHistory):
+            def page(self, *args, **kwargs):
+                raise AttributeError("this store cannot page")
+
+        self.hub.history = NoPaging()
+        a = self.connect("alice")
+        a.send("JOIN #dev", "CHATHISTORY LATEST #dev * 5")
+        msgs = a.messages()
+        self.assertEqual(msgs[-1].params[:4], ["CHATHISTORY", "MESSAGE_ERROR", "LATEST", "#dev"])
+        b = self.connect("bob")
+        b.send("JOIN #dev", "PRIVMSG #dev :still there?")
+        self.assertEqual(a.messages()[-1].params, ["#dev", "still there?"])

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Callable, Dict, List, Optional
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -1036,11 +1036,14 @@ class Hub:
         # stored meanwhile comes live, after the replay, never inside it
         # (the read may run long after it was asked for).
         upto = self._sent_id if self._sent_id is not None else self.history.last_id_at_start
-        if fetch is not None:
-            d = fetch(upto)
-        else:
-            before = upto + 1 if before is None else min(before, upto + 1)
-            d = self.history.before(room.key, before, limit)
+        try:
+            if fetch is not None:
+                d = fetch(upto)
+            else:
+                before = upto + 1 if before is None else min(before, upto + 1)
+                d = self.history.before(room.key, before, limit)
+        except Exception:
+            d = fail()  # a read that could not even start: told as any failed read
 
         def arrived(rows):
             request.rows = rows

@@ -144,6 +144,9 @@ class _TurnHistory:
     def before(self, room, before_id, limit):
         return self._memory.before(room, before_id, limit)
 
+    def page(self, room, limit, **bounds):
+        return self._memory.page(room, limit, **bounds)
+
 
 class _NoStore:
     def startService(self):
