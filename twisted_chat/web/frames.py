@@ -76,8 +76,10 @@ class FrameCache:
 
 
 def _ws_json(event, recipient=None) -> bytes:
-    """The event's JSON line (cached on it for the line face too) as a frame."""
-    return frame(event.encode(JSON)[:-2])
+    """The event's JSON line (cached on it for the line face too) as a frame;
+    nothing for an event the line face does not show (not an empty frame)."""
+    line = event.encode(JSON)
+    return frame(line[:-2]) if line else b""
 
 
 def _ws_text(event, recipient=None) -> bytes:
