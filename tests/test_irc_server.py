@@ -16,6 +16,7 @@ from twisted_chat.tap import Options
 
 from .support import ChatServer, LineClient
 from .test_accounts import AccountServerTestCase
+from .web_support import WSClient, web_port
 
 IRC_LISTENING = r"irc listening on tcp:(\d+)"
 
@@ -462,3 +463,25 @@ class IRCAccountTests(AccountServerTestCase):
         bob.send("/say dev as myself")
         m = dora.expect_msg("PRIVMSG", "#dev")
         self.assertEqual((m.params[1], m.tags.get("account")), ("as myself", "bob"))
+
+
+class IRCAndWebTests(IRCServerTestCase):
+    server_args = ("--web", "tcp:0:interface=127.0.0.1")
+
+    def test_away_and_real_names_send_nothing_to_web_sockets(self):
+        web = WSClient(web_port(self.server))
+        self.addCleanup(web.close)
+        self.assertEqual(web.event()["type"], "welcome")
+        web.send("/nick wendy")
+        web.expect_event("names")
+        alice = self.irc("alice", caps=("setname",))
+        web.expect_event("join", nick="alice")
+        alice.send("AWAY :out", "SETNAME :Alice Liddell", "AWAY")
+        alice.expect_msg("305")
+        # Every frame until the pong is a JSON event (an empty frame would
+        # not parse), and none of them is about alice's away or name.
+        web.send("/ping after")
+        seen = [web.event()]
+        while seen[-1]["type"] != "pong":
+            seen.append(web.event())
+        self.assertEqual([e["type"] for e in seen], ["pong"])
