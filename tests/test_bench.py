@@ -15,15 +15,15 @@ from contextlib import redirect_stdout
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_chat.bench import cgen, cli
-from twisted_chat.bench.loadgen import LoadGenerator
+from twisted_chat.bench.loadgen import LoadGenerator, ws_frame, ws_frames
 from twisted_chat.bench.servers import BareServer, OurServer
 
 
 class LoadGeneratorTests(SynchronousTestCase):
-    def run_small(self, server, register):
+    def run_small(self, server, register, face="line"):
         server.start()
         self.addCleanup(server.stop)
-        gen = LoadGenerator(members=6, senders=2, workers=2, probes=4)
+        gen = LoadGenerator(members=6, senders=2, workers=2, probes=4, face=face)
         self.addCleanup(gen.close)
         conn = gen.connect(server.port, rate=500, register=register, timeout=15)
         self.assertEqual(conn["registered"], 6)
@@ -31,8 +31,12 @@ class LoadGeneratorTests(SynchronousTestCase):
         raw = gen.run(rate=40, duration=0.5, drain_quiet=0.3)
         self.assertEqual(raw["sent"], 20)
         self.assertEqual(raw["receivers"], 6)
-        # text mode: each message reaches every member but its sender
-        self.assertEqual(raw["received"], 20 * 5)
+        self.assertEqual(raw["errors"], 0)
+        # text mode and IRC: each message reaches every member but its
+        # sender; JSON mode (WebSocket) echoes it to its sender too
+        echo = face == "ws"
+        self.assertEqual(raw["echo"], echo)
+        self.assertEqual(raw["received"], 20 * (5 + echo))
         self.assertGreater(len(raw["samples"]), 0)
         self.assertTrue(all(0 <= us < 15_000_000 for us in raw["samples"]))
         return raw
@@ -42,6 +46,26 @@ class LoadGeneratorTests(SynchronousTestCase):
 
     def test_our_server(self):
         self.run_small(OurServer(), register=True)
+
+    def test_our_server_over_irc(self):
+        self.run_small(OurServer(face="irc"), register=True, face="irc")
+
+    def test_our_server_over_websocket(self):
+        self.run_small(OurServer(face="ws"), register=True, face="ws")
+
+    def test_websocket_frames_are_masked_and_parsed_back(self):
+        frame = ws_frame(b"/say hello")
+        self.assertEqual(frame[0], 0x81)  # final text frame
+        self.assertEqual(frame[1], 0x80 | 10)  # masked, 10 bytes
+        key = frame[2:6]
+        self.assertEqual(bytes(b ^ key[i % 4] for i, b in enumerate(frame[6:])), b"/say hello")
+        long = ws_frame(b"x" * 300, opcode=0xA)
+        self.assertEqual((long[0], long[1], long[2:4]),
+                         (0x8A, 0x80 | 126, (300).to_bytes(2, "big")))
+        # a server's frames, unmasked, split anywhere: whole frames and the rest
+        server = b"\x81\x02hi" + b"\x81\x7e\x01\x2c" + b"y" * 300 + b"\x89\x00"
+        self.assertEqual(ws_frames(server), ([(1, b"hi"), (1, b"y" * 300), (9, b"")], b""))
+        self.assertEqual(ws_frames(server[:10]), ([(1, b"hi")], server[4:10]))
 
     def test_summary_counts_missing_deliveries(self):
         raw = {"sent": 10, "received": 40, "receivers": 6, "samples": [1000, 2000],
@@ -67,10 +91,10 @@ class CLoadGeneratorTests(SynchronousTestCase):
     if cgen.compiler() is None:
         skip = "no C compiler (cc) on PATH: the C load generator cannot be built"
 
-    def run_small(self, server, register):
+    def run_small(self, server, register, face="line", prefill=0):
         server.start()
         self.addCleanup(server.stop)
-        gen = cgen.CLoadGenerator(members=7, senders=3)
+        gen = cgen.CLoadGenerator(members=7, senders=3, face=face)
         self.addCleanup(gen.close)
         conn = gen.connect(server.port, rate=500, register=register, timeout=15)
         self.assertEqual(conn, {"registered": 7, "seconds": conn["seconds"], "errors": 0})
@@ -79,17 +103,31 @@ class CLoadGeneratorTests(SynchronousTestCase):
         self.assertEqual(raw["sent"], 20)
         self.assertEqual(raw["receivers"], 7)
         self.assertEqual(raw["errors"], 0)
-        # text mode: each message reaches every member but its sender, and
-        # every receiver parses every stamp: one sample per delivery
-        self.assertEqual(raw["received"], 20 * 6)
-        self.assertEqual(len(raw["samples"]), 20 * 6)
+        # text mode and IRC: each message reaches every member but its
+        # sender (JSON mode, WebSocket: its sender too), and every receiver
+        # parses every stamp: one sample per delivery
+        per = 6 + (face == "ws")
+        self.assertEqual(raw["echo"], face == "ws")
+        self.assertEqual(raw["received"], 20 * per)
+        self.assertEqual(len(raw["samples"]), 20 * per)
         self.assertTrue(all(0 <= us < 15_000_000 for us in raw["samples"]))
         # a second run on the same connections counts afresh
         raw = gen.run(rate=20, duration=0.5, drain_quiet=0.3)
-        self.assertEqual((raw["sent"], raw["received"]), (10, 10 * 6))
+        self.assertEqual((raw["sent"], raw["received"]), (10, 10 * per))
 
     def test_our_server(self):
         self.run_small(OurServer(), register=True)
+
+    def test_our_server_over_irc(self):
+        # replayed history (PRIVMSGs on join) is not counted as deliveries
+        self.run_small(OurServer(face="irc", prefill=5), register=True, face="irc")
+
+    def test_our_server_over_websocket(self):
+        self.run_small(OurServer(face="ws", prefill=5), register=True, face="ws")
+
+    def test_a_face_has_no_rooms(self):
+        with self.assertRaises(ValueError):
+            cgen.CLoadGenerator(members=4, senders=1, rooms=(2, 1), face="irc")
 
     def test_bare_baseline(self):
         self.run_small(BareServer(), register=False)
@@ -191,7 +229,27 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(exited.exception.code, 2)
         self.assertIn("--plot needs matplotlib", err.getvalue())
 
-    def run_custom(self, extra):
+    def test_irc_and_websocket_faces_against_the_line_protocol(self):
+        for face in ("irc", "ws"):
+            everything = self.run_custom(["--face", face], kinds=("ours", face))
+            self.assertIn(f"RATIO {face}/line p99", self.text)
+            results = everything["scenarios"]["custom"]["results"]
+            self.assertEqual(sorted(results), sorted(["ours", face]))
+
+    def test_a_face_is_judged_against_its_target_ratio(self):
+        def result(kind, rate):
+            return {"server": kind, "steps": [
+                {"ok": True, "deliveries_per_s": rate, "rate": rate / 10}]}
+
+        sc = dict(cli.SCENARIOS["irc"])
+        for irc_rate, verdict in ((850.0, "0.85x (>= 0.8x: met)"),
+                                  (700.0, "0.70x (>= 0.8x: NOT met)")):
+            lines = []
+            cli.report("irc", sc, {"ours": result("ours", 1000.0),
+                                   "irc": result("irc", irc_rate)}, lines.append)
+            self.assertIn(f"  RATIO irc/line max sustained deliveries/s: {verdict}", lines)
+
+    def run_custom(self, extra, kinds=("ours", "bare")):
         fd, path = tempfile.mkstemp(suffix=".json")
         os.close(fd)
         self.addCleanup(os.unlink, path)
@@ -200,13 +258,13 @@ class CommandLineTests(SynchronousTestCase):
             cli.main(["--members", "5", "--senders", "1", "--rate", "20", "--duration", "0.5",
                       "--json", path] + extra)
         text = self.text = out.getvalue()
-        self.assertIn("RATIO ours/bare p99", text)
+        self.assertIn(f"RATIO {kinds[1] if kinds[1] in cli.FACES else 'ours/bare'}", text)
         if "metrics" in " ".join(extra):
             self.assertIn("RATIO metrics-on/off server CPU per delivery", text)
         with open(path) as f:
             everything = json.load(f)
         results = everything["scenarios"]["custom"]["results"]
-        for kind in ("ours", "bare"):
+        for kind in kinds:
             step = results[kind]["steps"][0]
             self.assertEqual(step["delivery"], 1.0, text)
             self.assertGreater(results[kind]["rss_idle_kb"], 0)

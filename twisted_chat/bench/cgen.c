@@ -11,7 +11,7 @@
  *   run RATE DURATION PAD QUIET MAX PROBES FILE -> {"sent":..,"received":..,...}
  *   quit
  *
- * Usage: cgen MEMBERS SENDERS [ROOMS PER]. Senders are members 0, step,
+ * Usage: cgen [-f FACE] MEMBERS SENDERS [ROOMS PER]. Senders are members 0, step,
  * 2*step, ... with step = MEMBERS / SENDERS (as loadgen.py). Without ROOMS,
  * every member joins "lobby" and senders send plain lines there. With ROOMS
  * (rooms "r0".."r<ROOMS-1>"), member i joins the PER rooms r(i mod ROOMS),
@@ -23,6 +23,20 @@
  * sampled from all deliveries (see cmd_run for PROBES > 0); samples (int64
  * microseconds) are written raw to FILE.
  * Lines are "xxxx... T<16-digit CLOCK_MONOTONIC microseconds>\r\n".
+ *
+ * -f FACE: the face the members speak (lobby only, no ROOMS):
+ *   line  the line protocol (the default, as above);
+ *   irc   "NICK b<i>", "USER b<i> 0 * :bench", "JOIN #lobby"; registered at
+ *         RPL_ENDOFNAMES ("#lobby :End of /NAMES"); senders send
+ *         "PRIVMSG #lobby :xxxx... T<stamp>", receivers count lines (a PING
+ *         line is answered with PONG and not counted);
+ *   ws    "GET /ws" with Upgrade, a Sec-WebSocket-Key and an Origin of the
+ *         server's own; after the 101, "/join lobby" in a masked text frame;
+ *         registered at the JSON names event of lobby; senders send one
+ *         masked text frame a message, receivers count the server's
+ *         (unmasked) text frames and take the stamp from the payload; pings
+ *         are answered. JSON mode echoes a sender's own message: each one
+ *         is expected MEMBERS times ("echo": 1 in run's answer).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +59,10 @@
 #define TAIL 256
 #define RECV (1 << 18)
 
+#define PAY 512 /* WebSocket: the first bytes of a frame's payload kept */
+
+enum { FACE_LINE, FACE_IRC, FACE_WS };
+
 typedef struct {
     int fd, index, registered, closed, sender, probe;
     long long lines;
@@ -53,11 +71,19 @@ typedef struct {
     int pend_len;
     char pend[512];
     long long said; /* messages sent, for a sender's room rotation */
+    /* WebSocket: reading the 101 answer's head (into tail), then frames:
+     * the header so far, the payload bytes still to come, its first bytes */
+    int http, hdr_len, in_frame, opcode, pay_len;
+    unsigned char hdr[14];
+    long long need;
+    char pay[PAY];
 } conn_t;
 
 static conn_t *conns;
 static int members, nsenders, ep, errors_;
 static int nrooms, per_member; /* 0, 0: everybody in lobby */
+static int face = FACE_LINE, port_;
+static uint32_t rng = 2463534242u; /* xorshift32, for WebSocket masking keys */
 static conn_t **by_fd;
 static int max_fd = 1 << 20;
 static char rbuf[RECV + TAIL];
@@ -134,6 +160,10 @@ static int room_of(const conn_t *c, long long k) {
 /* The names line of the member's last join: v1 "-- in NAME:", v2 "-- in #NAME:". */
 static int names_seen(const conn_t *c, const char *buf, size_t len) {
     char v1[MARK], v2[MARK];
+    if (face == FACE_IRC) {
+        /* RPL_ENDOFNAMES, the last line of the answer to JOIN */
+        return memmem(buf, len, "#lobby :End of /NAMES", 21) != NULL;
+    }
     if (nrooms) {
         int r = room_of(c, per_member - 1);
         snprintf(v1, sizeof v1, "-- in r%d:", r);
@@ -143,6 +173,161 @@ static int names_seen(const conn_t *c, const char *buf, size_t len) {
         snprintf(v2, sizeof v2, "-- in #lobby:");
     }
     return memmem(buf, len, v1, strlen(v1)) != NULL || memmem(buf, len, v2, strlen(v2)) != NULL;
+}
+
+static void do_send(conn_t *c, const char *line, int len);
+
+/* IRC: answer every complete "PING token" line of buf with "PONG token";
+ * returns how many (they are not deliveries). */
+static int irc_pings(conn_t *c, const char *buf, size_t len) {
+    const char *p = buf, *end = buf + len, *nl;
+    int pings = 0;
+    while ((nl = memchr(p, '\n', end - p)) != NULL) {
+        if (nl - p > 5 && memcmp(p, "PING ", 5) == 0) {
+            char pong[300];
+            int l = (int)(nl - p - 5);
+            if (l && p[5 + l - 1] == '\r') l--;
+            if (l > 250) l = 250;
+            do_send(c, pong, snprintf(pong, sizeof pong, "PONG %.*s\r\n", l, p + 5));
+            pings++;
+        }
+        p = nl + 1;
+    }
+    return pings;
+}
+
+static uint32_t xorshift(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    return rng;
+}
+
+/* A client's WebSocket frame (RFC 6455 5.2): final, opcode, masked with a
+ * fresh key; returns its length in out (len + 8 bytes at most, len < 65536). */
+static int ws_frame(char *out, int opcode, const char *payload, int len) {
+    int h = 0;
+    out[h++] = (char)(0x80 | opcode);
+    if (len < 126) {
+        out[h++] = (char)(0x80 | len);
+    } else {
+        out[h++] = (char)(0x80 | 126);
+        out[h++] = (char)(len >> 8);
+        out[h++] = (char)(len & 0xff);
+    }
+    uint32_t key = xorshift();
+    unsigned char *mask = (unsigned char *)out + h;
+    memcpy(mask, &key, 4);
+    h += 4;
+    for (int i = 0; i < len; i++) out[h + i] = (char)(payload[i] ^ mask[i & 3]);
+    return h + len;
+}
+
+/* The stamp " T" + 16 digits, the last one in buf; -1 if none. */
+static int64_t find_stamp(const char *buf, int len) {
+    for (int i = len - STAMP_DIGITS - 2; i >= 0; i--) {
+        if (buf[i] != ' ' || buf[i + 1] != 'T') continue;
+        int64_t v = 0;
+        int k;
+        for (k = 0; k < STAMP_DIGITS; k++) {
+            char d = buf[i + 2 + k];
+            if (d < '0' || d > '9') break;
+            v = v * 10 + (d - '0');
+        }
+        if (k == STAMP_DIGITS) return v;
+    }
+    return -1;
+}
+
+#define WS_NAMES "\"type\":\"names\",\"room\":\"lobby\""
+
+/* A whole WebSocket frame has arrived (its first PAY payload bytes in pay).
+ * Returns -1 if the connection is closed. */
+static int ws_frame_done(conn_t *c, int64_t now) {
+    c->in_frame = 0;
+    switch (c->opcode) {
+    case 1: /* text: one event of the JSON mode */
+        if (!c->registered) {
+            if (memmem(c->pay, c->pay_len, WS_NAMES, strlen(WS_NAMES))) c->registered = 1;
+        } else {
+            c->lines++;
+            if (sampling == 1 || (sampling == 2 && c->probe)) {
+                int64_t v = find_stamp(c->pay, c->pay_len);
+                if (v >= 0) sample(now - v);
+            }
+        }
+        return 0;
+    case 9: { /* ping: the pong carries its payload (at most 125 bytes) */
+        char pong[PAY + 16];
+        do_send(c, pong, ws_frame(pong, 0xA, c->pay, c->pay_len));
+        return 0;
+    }
+    case 8: /* close: the server is done with us */
+        errors_++;
+        close_conn(c);
+        return -1;
+    default:
+        return 0;
+    }
+}
+
+/* WebSocket input: the 101 answer, then frames. -1 if the connection closed. */
+static int ws_input(conn_t *c, char *p, ssize_t n) {
+    char *end = p + n;
+    int64_t now = 0;
+    if (sampling) now = now_us();
+    while (c->http && p < end) {
+        if (c->tail_len >= TAIL) { errors_++; close_conn(c); return -1; }
+        c->tail[c->tail_len++] = *p++;
+        if (c->tail_len >= 4 && memcmp(c->tail + c->tail_len - 4, "\r\n\r\n", 4) == 0) {
+            if (c->tail_len < 12 || memcmp(c->tail, "HTTP/1.1 101", 12) != 0) {
+                errors_++;
+                close_conn(c);
+                return -1;
+            }
+            c->http = 0;
+            c->tail_len = 0;
+            char join[64];
+            do_send(c, join, ws_frame(join, 1, "/join lobby", 11));
+        }
+    }
+    while (p < end) {
+        if (!c->in_frame) {
+            c->hdr[c->hdr_len++] = (unsigned char)*p++;
+            int want = 2;
+            if (c->hdr_len >= 2) {
+                int l7 = c->hdr[1] & 0x7f;
+                want += (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + ((c->hdr[1] & 0x80) ? 4 : 0);
+            }
+            if (c->hdr_len < want) continue;
+            int l7 = c->hdr[1] & 0x7f;
+            long long len = l7;
+            if (l7 == 126) len = (c->hdr[2] << 8) | c->hdr[3];
+            if (l7 == 127) {
+                len = 0;
+                for (int k = 2; k < 10; k++) len = (len << 8) | c->hdr[k];
+            }
+            if (c->hdr[1] & 0x80) errors_++; /* a server's frames are never masked */
+            c->opcode = c->hdr[0] & 0x0f;
+            c->need = len;
+            c->pay_len = 0;
+            c->hdr_len = 0;
+            c->in_frame = 1;
+            if (len == 0 && ws_frame_done(c, now) < 0) return -1;
+            continue;
+        }
+        long long k = end - p < c->need ? end - p : c->need;
+        if (c->pay_len < PAY && (!c->registered || c->opcode != 1 || sampling == 1 ||
+                                 (sampling == 2 && c->probe))) {
+            int m = k < PAY - c->pay_len ? (int)k : PAY - c->pay_len;
+            memcpy(c->pay + c->pay_len, p, m);
+            c->pay_len += m;
+        }
+        p += k;
+        c->need -= k;
+        if (!c->need && ws_frame_done(c, now) < 0) return -1;
+    }
+    return 0;
 }
 
 /* Read once. Returns bytes read, 0 if nothing now, -1 on EOF/error (closed). */
@@ -155,12 +340,14 @@ static ssize_t do_recv(conn_t *c) {
         close_conn(c);
         return -1;
     }
+    if (face == FACE_WS) return ws_input(c, data, n) < 0 ? -1 : n;
     if (!c->registered) {
         /* look for the names line across reads: keep the last bytes */
         int keep = MARK;
         char *buf = data - c->tail_len;
         memcpy(buf, c->tail, c->tail_len);
         size_t len = n + c->tail_len;
+        if (face == FACE_IRC) irc_pings(c, buf, len);
         if (names_seen(c, buf, len)) {
             c->registered = 1;
             c->tail_len = 0;
@@ -175,6 +362,7 @@ static ssize_t do_recv(conn_t *c) {
     char *p = data, *end = data + n;
     long long lines = 0;
     while ((p = memchr(p, '\n', end - p)) != NULL) { lines++; p++; }
+    if (face == FACE_IRC && memmem(data, n, "PING ", 5)) lines -= irc_pings(c, data, n);
     c->lines += lines;
     if (sampling == 1 || (sampling == 2 && c->probe)) parse_lines(c, data, n, now_us());
     return n;
@@ -204,6 +392,7 @@ static void do_send(conn_t *c, const char *line, int len) {
 static void cmd_connect(int port, double rate, int reg, double timeout) {
     double start = now_s(), deadline = start + timeout;
     int opened = 0, waiting = 0;
+    port_ = port;
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
     sa.sin_port = htons(port);
@@ -246,7 +435,27 @@ static void cmd_connect(int port, double rate, int reg, double timeout) {
                 }
                 struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                 epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
-                if (reg || nrooms) {
+                if (face == FACE_IRC) {
+                    /* registration, then the channel: done at RPL_ENDOFNAMES */
+                    char hello[128];
+                    do_send(c, hello, snprintf(hello, sizeof hello,
+                                               "NICK b%d\r\nUSER b%d 0 * :bench\r\n"
+                                               "JOIN #lobby\r\n", c->index, c->index));
+                } else if (face == FACE_WS) {
+                    /* the Upgrade; "/join lobby" follows the 101 (ws_input) */
+                    char hello[400];
+                    char key[25];
+                    static const char b64[] =
+                        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                    for (int k = 0; k < 22; k++) key[k] = b64[xorshift() & 63];
+                    memcpy(key + 22, "==", 3);
+                    c->http = 1;
+                    do_send(c, hello, snprintf(hello, sizeof hello,
+                            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                            "Origin: http://127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                            "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                            "Sec-WebSocket-Version: 13\r\n\r\n", port_, port_, key));
+                } else if (reg || nrooms) {
                     /* the bare baseline answers room joins too */
                     char join[64];
                     if (!nrooms) do_send(c, join, snprintf(join, sizeof join, "/join lobby\r\n"));
@@ -346,7 +555,19 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
             while (sent < due) {
                 conn_t *c = senders[sent % ns];
                 int len;
-                if (nrooms) {
+                if (face == FACE_IRC) {
+                    int head = snprintf(line, 32, "PRIVMSG #lobby :");
+                    memset(line + head, 'x', pad);
+                    len = head + pad + snprintf(line + head + pad, sizeof line - head - pad,
+                                                " T%016lld\r\n", (long long)now_us());
+                } else if (face == FACE_WS) {
+                    /* one masked text frame: the line without its CRLF */
+                    char text[4096];
+                    memset(text, 'x', pad);
+                    int tl = pad + snprintf(text + pad, sizeof text - pad, " T%016lld",
+                                            (long long)now_us());
+                    len = ws_frame(line, 1, text, tl);
+                } else if (nrooms) {
                     int head = snprintf(line, 32, "/say r%d ", room_of(c, c->said % per_member));
                     memset(line + head, 'x', pad);
                     len = head + pad + snprintf(line + head + pad, sizeof line - head - pad,
@@ -394,15 +615,26 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
     }
     /* members of the room a message is said in: each message is expected that many - 1 times */
     int fanout = nrooms ? (int)((long long)receivers * per_member / nrooms) : receivers;
+    /* echo: a WebSocket sender gets its own message back (JSON mode) */
     printf("{\"sent\": %lld, \"received\": %lld, \"receivers\": %d, \"fanout\": %d, "
-           "\"samples\": %zu, \"cpu\": %.6f, \"wall\": %.6f, \"errors\": %d}\n",
-           sent, received, receivers, fanout, nsamples, cpu_s() - cpu0, now_s() - t0, errors_);
+           "\"echo\": %d, \"samples\": %zu, \"cpu\": %.6f, \"wall\": %.6f, "
+           "\"errors\": %d}\n", sent, received, receivers, fanout, face == FACE_WS,
+           nsamples, cpu_s() - cpu0, now_s() - t0, errors_);
     free(senders);
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3 && argc != 5) {
-        fprintf(stderr, "usage: %s MEMBERS SENDERS [ROOMS PER]\n", argv[0]);
+    if (argc > 2 && strcmp(argv[1], "-f") == 0) {
+        if (strcmp(argv[2], "irc") == 0) face = FACE_IRC;
+        else if (strcmp(argv[2], "ws") == 0) face = FACE_WS;
+        else if (strcmp(argv[2], "line") != 0) argc = 0;
+        argv[2] = argv[0];
+        argv += 2;
+        argc -= 2;
+    }
+    if ((argc != 3 && argc != 5) || (face != FACE_LINE && argc == 5)) {
+        fprintf(stderr, "usage: %s [-f line|irc|ws] MEMBERS SENDERS [ROOMS PER] "
+                "(rooms: line face only)\n", argv[0]);
         return 2;
     }
     members = atoi(argv[1]);

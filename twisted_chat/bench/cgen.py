@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 
+FACES = ("line", "irc", "ws")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cgen.c")
 
 
@@ -51,9 +52,16 @@ class CLoadGenerator:
     receivers are read (and sampled) while messages are sent, the rest once
     the last one is sent (still counted exactly), so that the generator's
     reading does not compete with the server for the CPU meanwhile.
+    ``face``: what the members speak, ``line`` (the line protocol), ``irc``
+    or ``ws`` (WebSocket, JSON mode); see ``cgen.c``.
     """
 
-    def __init__(self, members, senders, workers=1, probes=16, defer=False, rooms=None):
+    def __init__(self, members, senders, workers=1, probes=16, defer=False, rooms=None,
+                 face="line"):
+        if face not in FACES:
+            raise ValueError(f"unknown face {face!r}")
+        if rooms and face != "line":
+            raise ValueError("rooms: line face only")
         self.members = members
         self.probes = max(1, probes) if defer else 0
         self.dir = tempfile.mkdtemp(prefix="chat-cgen-")
@@ -65,7 +73,7 @@ class CLoadGenerator:
         self.samples_path = os.path.join(self.dir, "samples.bin")
         # rooms: (ROOMS, PER): each member in PER of ROOMS rooms (see cgen.c)
         extra = [str(n) for n in rooms] if rooms else []
-        self.proc = subprocess.Popen([binary, str(members), str(senders)] + extra,
+        self.proc = subprocess.Popen([binary, "-f", face, str(members), str(senders)] + extra,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def _call(self, line):

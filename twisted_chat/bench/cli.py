@@ -2,7 +2,9 @@
 
 Every scenario measures the server under test (``twistd -n chat``) and the
 bare baseline (:mod:`twisted_chat.bench.baseline`) with the same parameters in
-the same run, and reports the results as ratios to the baseline.
+the same run, and reports the results as ratios to the baseline. The scenarios
+of the other faces (``irc``, ``ws``...) measure the server through that face
+and through the line protocol in the same run, and report the ratio of the two.
 """
 
 import argparse
@@ -32,8 +34,26 @@ SCENARIOS = {
     # turn. The bare baseline knows rooms for this one (baseline.py). Needs
     # the C load generator.
     "rooms": dict(members=1000, senders=50, sweep=True, rate=500.0, rooms=(100, 10)),
+    # The other faces (issues 13 and 14), each against the line protocol
+    # ("ours") in the same run: the same server, every member speaking IRC
+    # (an --irc listener) or WebSocket (a --web listener, /ws, JSON mode).
+    # min_ratio: the face's max sustained deliveries/s over the line
+    # protocol's, at least; the 10k ones have the 10k scenario's p99 target.
+    "irc": dict(members=1000, senders=50, sweep=True, rate=50.0, servers=("ours", "irc"),
+                min_ratio=0.8),
+    "irc-10k": dict(members=10000, senders=10, sweep=False, rate=10.0, workers=2, duration=5.0,
+                    max_p99_ms=100.0, prefill=50, servers=("ours", "irc")),
+    "ws": dict(members=1000, senders=50, sweep=True, rate=50.0, servers=("ours", "ws"),
+               min_ratio=0.8),
+    "ws-10k": dict(members=10000, senders=10, sweep=False, rate=10.0, workers=2, duration=5.0,
+                   max_p99_ms=100.0, prefill=50, servers=("ours", "ws")),
 }
 MAX_P99_MS = 250.0
+# Servers measured by default (a scenario's "servers" says otherwise).
+DEFAULT_SERVERS = ("ours", "bare")
+# Faces other than the line protocol: a server of this kind is ours with a
+# listener of that face, and its members speak it.
+FACES = ("irc", "ws")
 
 
 def percentile(sorted_values, q):
@@ -46,13 +66,16 @@ def percentile(sorted_values, q):
 def summarize(raw, rate, duration, cpu_server, rss_peak_kb, max_p99_ms=MAX_P99_MS):
     receivers = raw["receivers"]
     fanout = raw.get("fanout", receivers)  # members of the room a message goes to
-    expected = raw["sent"] * max(fanout - 1, 0)
+    # A message reaches every member of its room but its sender, and the
+    # sender too where the face echoes it (JSON mode: WebSocket).
+    echo = raw.get("echo", 0)
+    expected = raw["sent"] * max(fanout - 1 + echo, 0)
     lat = sorted(raw["samples"])
     ms = [percentile(lat, q) / 1000.0 for q in (50, 90, 99, 100)]
     window = max(duration, raw["wall"] - 0.5)
     step = {
         "rate": rate,
-        "offered": rate * max(fanout - 1, 0),
+        "offered": rate * max(fanout - 1 + echo, 0),
         "sent": raw["sent"],
         "expected": expected,
         "delivered": raw["received"],
@@ -93,6 +116,8 @@ class Subject:
         prefill = args.prefill if args.prefill is not None else sc.get("prefill", 0)
         if kind == "ours":
             server = OurServer(args.server_arg, prefill=prefill)
+        elif kind in FACES:
+            server = OurServer(args.server_arg, prefill=prefill, face=kind)
         elif kind == "metrics":
             server = MetricsServer(args.server_arg, prefill=prefill)
         else:
@@ -100,9 +125,10 @@ class Subject:
         server = self.server = server.start()
         rss_empty = server.status("VmRSS") or 0
         rooms = {"rooms": sc["rooms"]} if sc.get("rooms") else {}
+        face = {"face": kind} if kind in FACES else {}
         gen = self.gen = args.generator_class(sc["members"], sc["senders"],
                                        workers=args.workers or sc.get("workers", 1),
-                                       probes=args.probes, **rooms)
+                                       probes=args.probes, **rooms, **face)
         with RSSSampler(server) as sampler:
             conn = gen.connect(server.port, rate=args.connect_rate,
                                register=(kind != "bare" or bool(rooms)),
@@ -226,9 +252,10 @@ def report_metrics(sc, ours, on, out):
 
 def report(name, sc, results, out):
     ours, bare, on = results.get("ours"), results.get("bare"), results.get("metrics")
+    faces = [results[kind] for kind in FACES if kind in results]
     out(f"== scenario {name}: summary")
     if sc["sweep"]:
-        for r in (ours, on, bare):
+        for r in (ours, on, *faces, bare):
             if r:
                 d, m = max_sustained(r)
                 r["max_sustained_deliveries_per_s"], r["max_sustained_rate"] = d, m
@@ -237,8 +264,15 @@ def report(name, sc, results, out):
         if ours and bare:
             out(f"  RATIO ours/bare max sustained deliveries/s: "
                 f"{ratio(ours['max_sustained_deliveries_per_s'], bare['max_sustained_deliveries_per_s']):.2f}x")
+        for r in faces if ours else ():
+            r["ratio_to_line"] = x = ratio(r["max_sustained_deliveries_per_s"],
+                                           ours["max_sustained_deliveries_per_s"])
+            target = sc.get("min_ratio")
+            verdict = (f" (>= {target:.1f}x: {'met' if x >= target else 'NOT met'})"
+                       if target is not None else "")
+            out(f"  RATIO {r['server']}/line max sustained deliveries/s: {x:.2f}x{verdict}")
     else:
-        for r in (ours, on, bare):
+        for r in (ours, on, *faces, bare):
             if r and r["steps"]:
                 s = r["steps"][-1]
                 limit = sc.get("max_p99_ms", MAX_P99_MS)
@@ -250,12 +284,17 @@ def report(name, sc, results, out):
             o, b = ours["steps"][-1], bare["steps"][-1]
             out(f"  RATIO ours/bare p99: {ratio(o['p99_ms'], b['p99_ms']):.2f}x; "
                 f"peak RSS: {ratio(o['rss_peak_kb'], b['rss_peak_kb']):.2f}x")
+        for r in faces if ours and ours["steps"] else ():
+            if r["steps"]:
+                f, o = r["steps"][-1], ours["steps"][-1]
+                out(f"  RATIO {r['server']}/line p99: {ratio(f['p99_ms'], o['p99_ms']):.2f}x; "
+                    f"peak RSS: {ratio(f['rss_peak_kb'], o['rss_peak_kb']):.2f}x")
     report_metrics(sc, ours, on, out)
-    for r in (ours, on, bare):
+    for r in (ours, on, *faces, bare):
         if r and "connect_seconds" in r:
             out(f"  {r['server']:>7} connect {r['registered']}/{sc['members']} in "
                 f"{r['connect_seconds']:.2f} s; {r['kb_per_idle_connection']:.1f} KB/idle conn")
-    for r in (ours, on, bare):
+    for r in (ours, on, *faces, bare):
         if r and "kb_per_connection_hwm" in r:
             limit = sc.get("max_kb_per_connection")
             target = ""
@@ -281,9 +320,15 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="custom scenario: sweep the rate")
     p.add_argument("--rooms", metavar="ROOMS,PER",
                    help="custom scenario: every member joins PER of ROOMS rooms (C generator)")
-    p.add_argument("--servers", default="ours,bare",
+    p.add_argument("--servers",
                    help="which servers, of ours, metrics (ours with --metrics on, scraped "
-                        "every second) and bare (default: ours,bare)")
+                        "every second), bare, irc (ours through an --irc listener, every "
+                        "member speaking IRC) and ws (ours through a --web listener, every "
+                        "member speaking WebSocket) (default: ours,bare; ours,irc for the "
+                        "irc scenarios, ours,ws for the ws ones)")
+    p.add_argument("--face", choices=("line",) + FACES, default="line",
+                   help="custom scenario: the face measured against the line protocol "
+                        "(servers ours,FACE; default: line, i.e. ours,bare)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra `twistd chat` option for our server (repeatable), "
                         "e.g. --server-arg=--rate=100000")
@@ -345,9 +390,13 @@ def main(argv=None):
     if args.members:
         scenarios["custom"] = dict(members=args.members, senders=args.senders,
                                    sweep=args.sweep, rate=args.rate or 10.0)
+        if args.face != "line":
+            scenarios["custom"]["servers"] = ("ours", args.face)
         if args.rooms:
             if args.generator_name == "python":
                 p.error("--rooms needs the C load generator (--generator c, and cc)")
+            if args.face != "line":
+                p.error("--rooms is for the line face only")
             scenarios["custom"]["rooms"] = tuple(int(n) for n in args.rooms.split(","))
     else:
         for name in args.scenarios:
@@ -356,7 +405,14 @@ def main(argv=None):
             scenarios[name] = SCENARIOS[name]
     if args.rate and not args.members:
         scenarios = {k: dict(v, rate=args.rate) for k, v in scenarios.items()}
-    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    chosen = [k.strip() for k in args.servers.split(",") if k.strip()] if args.servers else None
+    known = ("ours", "metrics", "bare") + FACES
+    for kind in chosen or ():
+        if kind not in known:
+            p.error(f"unknown server {kind!r} (of {', '.join(known)})")
+    if chosen and any(SCENARIOS.get(n, {}).get("rooms") for n in scenarios) and any(
+            k in FACES for k in chosen):
+        p.error("the rooms scenario is for the line face only")
 
     def out(line):
         print(line, flush=True)
@@ -373,6 +429,7 @@ def main(argv=None):
                else f"{sc['rate']:.0f} msgs/s")
             + f", {args.duration or sc.get('duration', 2.0):.0f} s steps, "
             + f"{args.generator_name} load generator")
+        kinds = chosen or list(sc.get("servers", DEFAULT_SERVERS))
         results = measure(kinds, sc, args, out)
         report(name, sc, results, out)
         everything["scenarios"][name] = dict(sc, results=results)

@@ -12,11 +12,23 @@ has no modes; in text mode a sender gets no echo on either server, so each
 message is expected ``members - 1`` times). A message line is
 ``xxxx… T<16-digit send time in µs, CLOCK_MONOTONIC>``; CLOCK_MONOTONIC is
 shared by all processes on the machine.
+
+Other faces of the server (``face``): ``irc`` members register with NICK and
+USER, JOIN ``#lobby`` (registered at RPL_ENDOFNAMES) and send ``PRIVMSG
+#lobby :xxxx… T<stamp>``; each received line is a delivery (PING lines are
+answered, not counted). ``ws`` members open a WebSocket (HTTP Upgrade to
+``/ws`` with the server's own Origin), send ``/join lobby`` and their
+messages as masked text frames (JSON mode, registered at the ``names`` event
+of lobby), and count the server's text frames; pings are answered. JSON mode
+echoes a sender's own message, so there each one is expected ``members``
+times (``echo`` in the results).
 """
 
 import array
+import base64
 import errno
 import multiprocessing
+import os
 import resource
 import select
 import socket
@@ -30,12 +42,58 @@ JOIN = b"/join lobby\r\n"
 NAMES_MARK = b"-- in #lobby:"
 STAMP = b" T"
 STAMP_DIGITS = 16
+FACES = ("line", "irc", "ws")
+IRC_NAMES_MARK = b"#lobby :End of /NAMES"  # RPL_ENDOFNAMES: the end of JOIN's answer
+WS_NAMES_MARK = b'"type":"names","room":"lobby"'
+WS_HANDSHAKE = ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Origin: http://127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n")
 
 _RECV = 1 << 18
 
 
 def _now_us():
     return time.monotonic_ns() // 1000
+
+
+def ws_frame(payload, opcode=1):
+    """A client's WebSocket frame (RFC 6455 5.2): final, masked with a fresh key."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    key = os.urandom(4)
+    mask = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+    return head + key + masked
+
+
+def ws_frames(buf):
+    """The complete frames at the start of ``buf``: ([(opcode, payload)], rest)."""
+    frames = []
+    i, n = 0, len(buf)
+    while n - i >= 2:
+        length = buf[i + 1] & 0x7F
+        h = 2
+        if length == 126:
+            h = 4
+            if n - i < h:
+                break
+            length = int.from_bytes(buf[i + 2:i + 4], "big")
+        elif length == 127:
+            h = 10
+            if n - i < h:
+                break
+            length = int.from_bytes(buf[i + 2:i + 10], "big")
+        if buf[i + 1] & 0x80:
+            h += 4  # a masked frame (a server never sends one): skipped whole
+        if n - i < h + length:
+            break
+        frames.append((buf[i] & 0x0F, buf[i + h:i + h + length]))
+        i += h + length
+    return frames, buf[i:]
 
 
 def _cpu():
@@ -45,7 +103,7 @@ def _cpu():
 
 class _Conn:
     __slots__ = ("sock", "fd", "index", "registered", "tail", "lines", "probe", "pending",
-                 "closed")
+                 "closed", "http")
 
     def __init__(self, sock, index, probe):
         self.sock = sock
@@ -57,14 +115,17 @@ class _Conn:
         self.probe = probe
         self.pending = b""  # bytes a sender could not write yet
         self.closed = False
+        self.http = False  # ws: the 101 answer's head is being read (into tail)
 
 
 class Worker:
     """One process's share of the members; driven by commands over a pipe."""
 
-    def __init__(self, pipe, wid):
+    def __init__(self, pipe, wid, face="line"):
         self.pipe = pipe
         self.wid = wid
+        self.face = face
+        self.port = None
         self.ep = select.epoll()
         self.conns = {}  # fd -> _Conn
         self.senders = []
@@ -86,6 +147,7 @@ class Worker:
     def cmd_connect(self, port, indices, senders, probes, rate, register, timeout):
         """Open connections at ``rate``/s; wait until each is registered."""
         start = time.monotonic()
+        self.port = port
         todo = list(indices)
         sender_set = set(senders)
         opened = 0
@@ -131,21 +193,35 @@ class Worker:
                         waiting -= 1
                         continue
                     self.ep.modify(fd, select.EPOLLIN)
-                    if register:
+                    if self.face == "irc":
+                        self._send(c, b"NICK b%d\r\nUSER b%d 0 * :bench\r\nJOIN #lobby\r\n"
+                                   % (c.index, c.index))
+                    elif self.face == "ws":
+                        c.http = True
+                        key = base64.b64encode(os.urandom(16)).decode()
+                        self._send(c, WS_HANDSHAKE.format(port=port, key=key).encode())
+                    elif register:
                         c.sock.send(JOIN)
                     else:
                         c.registered = True
                         waiting -= 1
                     continue
                 if ev & select.EPOLLIN or ev & (select.EPOLLERR | select.EPOLLHUP):
+                    was = c.registered
                     data = self._recv(c)
                     if data is None:
-                        if not c.registered:
+                        if not was:
+                            waiting -= 1
+                        continue
+                    if self.face == "ws":
+                        if not was and c.registered:  # seen by _recv_ws
                             waiting -= 1
                         continue
                     if not c.registered:
                         buf = c.tail + data
-                        if NAMES_MARK in buf:
+                        if self.face == "irc" and b"PING " in buf:
+                            self._irc_pings(c, buf)
+                        if (IRC_NAMES_MARK if self.face == "irc" else NAMES_MARK) in buf:
                             c.registered = True
                             c.tail = b""
                             waiting -= 1
@@ -154,7 +230,8 @@ class Worker:
         elapsed = time.monotonic() - start
         registered = sum(1 for c in self.conns.values() if c.registered)
         for c in self.conns.values():
-            c.tail = b""
+            if self.face != "ws":  # ws: the tail is a frame in progress
+                c.tail = b""
         return {"registered": registered, "seconds": elapsed, "errors": self.errors}
 
     def cmd_settle(self, quiet, timeout):
@@ -166,7 +243,8 @@ class Worker:
                     last = time.monotonic()
         for c in self.conns.values():
             c.lines = 0
-            c.tail = b""
+            if self.face != "ws":
+                c.tail = b""
         return {"seconds": time.monotonic() - start}
 
     def cmd_run(self, t0, rate, duration, drain_quiet, drain_max, pad):
@@ -174,7 +252,8 @@ class Worker:
         self.samples = array.array("q")
         for c in self.conns.values():
             c.lines = 0
-            c.tail = b""
+            if self.face != "ws":
+                c.tail = b""
         senders = [c for c in self.senders if not c.closed]
         total = int(rate * duration) if senders else 0
         filler = b"x" * pad
@@ -184,8 +263,15 @@ class Worker:
         conns = self.conns
         recv = self._recv
         # The hot path, inlined: most members only count lines; probes (and
-        # closed sockets) take the general path.
-        counting = {fd: [c.sock.recv, 0] for fd, c in conns.items() if not c.probe}
+        # closed sockets) take the general path, as does every WebSocket
+        # (frames, not lines) and an IRC read with a PING in it.
+        counting = {fd: [c.sock.recv, 0] for fd, c in conns.items()
+                    if not c.probe and self.face != "ws"}
+        irc = self.face == "irc"
+        if self.face == "irc":
+            head = b"PRIVMSG #lobby :"
+        else:
+            head = b""
         size = _RECV
         while time.monotonic() < t0:
             time.sleep(min(0.001, max(0.0, t0 - time.monotonic())))
@@ -197,7 +283,10 @@ class Worker:
                 due = min(total, int((now - t0) * rate) + 1)
                 while sent < due:
                     c = senders[sent % len(senders)]
-                    line = b"%s T%016d\r\n" % (filler, _now_us())
+                    if self.face == "ws":
+                        line = ws_frame(b"%s T%016d" % (filler, _now_us()))
+                    else:
+                        line = b"%s%s T%016d\r\n" % (head, filler, _now_us())
                     self._send(c, line)
                     sent += 1
             elif now - last_data > drain_quiet or now > end + drain_max:
@@ -212,6 +301,8 @@ class Worker:
                         data = b""
                     if data:
                         entry[1] += data.count(b"\n")
+                        if irc and b"PING " in data:
+                            entry[1] -= self._irc_pings(conns[fd], data)
                         got = True
                         continue
                     del counting[fd]  # EOF or error: the general path closes it
@@ -238,6 +329,7 @@ class Worker:
             "sent": sent,
             "received": received,
             "receivers": sum(1 for c in self.conns.values() if not c.closed),
+            "echo": int(self.face == "ws"),
             "samples": self.samples.tobytes(),
             "probes": len(probes),
             "cpu": _cpu() - cpu0,
@@ -258,6 +350,52 @@ class Worker:
             n = len(data)
         c.pending = data[n:]
 
+    def _irc_pings(self, c, data):
+        """Answer each complete PING line of ``data``; return how many."""
+        pings = 0
+        for line in data.split(b"\n")[:-1]:
+            if line.startswith(b"PING "):
+                self._send(c, b"PONG " + line[5:].rstrip(b"\r") + b"\r\n")
+                pings += 1
+        return pings
+
+    def _recv_ws(self, c, data):
+        """WebSocket bytes: the 101 answer, then frames (text frames are
+        counted, probes record latencies, pings answered). None if closed."""
+        if c.http:
+            buf = c.tail + data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                c.tail = buf
+                return data
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.errors += 1
+                self._close(c)
+                return None
+            c.http = False
+            self._send(c, ws_frame(b"/join lobby"))
+            c.tail, data = b"", buf[end + 4:]
+        frames, c.tail = ws_frames(c.tail + data if c.tail else data)
+        now = _now_us() if c.probe else 0
+        for opcode, payload in frames:
+            if opcode == 1:
+                if not c.registered:
+                    c.registered = WS_NAMES_MARK in payload
+                    continue
+                c.lines += 1
+                if c.probe:
+                    i = payload.rfind(STAMP)
+                    stamp = payload[i + 2:i + 2 + STAMP_DIGITS]
+                    if i >= 0 and len(stamp) == STAMP_DIGITS and stamp.isdigit():
+                        self.samples.append(now - int(stamp))
+            elif opcode == 9:
+                self._send(c, ws_frame(payload, opcode=0xA))
+            elif opcode == 8:
+                self.errors += 1
+                self._close(c)
+                return None
+        return data
+
     def _recv(self, c):
         """Read once; count lines (probes also record latencies). None on EOF."""
         try:
@@ -270,7 +408,11 @@ class Worker:
             self.errors += 1
             self._close(c)
             return None
+        if self.face == "ws":
+            return self._recv_ws(c, data)
         c.lines += data.count(b"\n")
+        if self.face == "irc" and b"PING " in data:
+            c.lines -= self._irc_pings(c, data)
         if c.probe and c.registered:
             now = _now_us()
             data = c.tail + data
@@ -297,14 +439,16 @@ class Worker:
         c.sock.close()
 
 
-def _worker_main(pipe, wid):
-    Worker(pipe, wid).serve()
+def _worker_main(pipe, wid, face):
+    Worker(pipe, wid, face).serve()
 
 
 class LoadGenerator:
     """Coordinates ``workers`` worker processes holding ``members`` connections."""
 
-    def __init__(self, members, senders, workers=1, probes=16):
+    def __init__(self, members, senders, workers=1, probes=16, face="line"):
+        if face not in FACES:
+            raise ValueError(f"unknown face {face!r}")
         self.members = members
         self.nsenders = senders
         ctx = multiprocessing.get_context("fork")
@@ -316,7 +460,7 @@ class LoadGenerator:
             indices = list(range(wid, members, workers))
             mine = [i for i in indices if i in sender_ids]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, wid), daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, wid, face), daemon=True)
             proc.start()
             child.close()
             self.workers.append((proc, parent))
@@ -359,6 +503,7 @@ class LoadGenerator:
             "sent": sum(r["sent"] for r in results),
             "received": sum(r["received"] for r in results),
             "receivers": sum(r["receivers"] for r in results),
+            "echo": results[0]["echo"] if results else 0,
             "samples": samples,
             "cpu": sum(r["cpu"] for r in results),
             "wall": max(r["wall"] for r in results),

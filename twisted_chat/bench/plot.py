@@ -13,7 +13,8 @@ def plot(results, path):
     scenarios = results["scenarios"]
     fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 7), squeeze=False)
     styles = {"ours": ("tab:blue", "o-"), "metrics": ("tab:green", "d-."),
-              "bare": ("tab:gray", "s--")}
+              "bare": ("tab:gray", "s--"), "irc": ("tab:orange", "v-"),
+              "ws": ("tab:purple", "P-")}
     for col, (name, sc) in enumerate(scenarios.items()):
         top, bottom = axes[0][col], axes[1][col]
         if not sc.get("sweep", True):

@@ -121,6 +121,11 @@ OUR_DEFAULT_ARGS = ["--rate", "100000", "--burst", "100000", "--max-per-ip", "0"
                     "--max-clients", "15000"]
 
 
+# Every listener of the server under test: an ephemeral loopback port with a
+# backlog that fits a connection storm.
+LOOPBACK_LISTENER = "tcp:0:interface=127.0.0.1:backlog=4096"
+
+
 # Replayed history: filler lines of a typical chat line's length.
 PREFILL_TEXT = "a line of earlier conversation, replayed to every joiner of the room #{}"
 
@@ -147,20 +152,32 @@ class OurServer(ServerProcess):
 
     ``prefill``: messages written into its history (``chat.sqlite`` in its
     directory) before it starts, said in each room of ``rooms``.
+
+    ``face``: which of its listeners ``port`` is: ``line`` (the line
+    protocol's ``--port``), ``irc`` (an ``--irc`` listener is added) or
+    ``ws`` (a ``--web`` listener is added; its WebSocket is at ``/ws``).
     """
 
     name = "ours"
     listening = re.compile(r"chat listening on tcp:(\d+)")
+    FACE_OPTIONS = {"line": (), "irc": ("--irc",), "ws": ("--web",)}
+    FACE_LISTENING = {"irc": re.compile(r"irc listening on tcp:(\d+)"),
+                      "ws": re.compile(r"web listening on tcp:(\d+)")}
 
-    def __init__(self, extra_args=(), prefill=0, rooms=("lobby",)):
-        super().__init__(extra_args)
+    def __init__(self, extra_args=(), prefill=0, rooms=("lobby",), face="line"):
+        options = [arg for option in self.FACE_OPTIONS[face]
+                   for arg in (option, LOOPBACK_LISTENER)]
+        super().__init__(options + list(extra_args))
+        self.face = face
+        if face in self.FACE_LISTENING:
+            self.listening = self.FACE_LISTENING[face]
         for room in rooms if prefill else ():
             prefill_history(os.path.join(self.dir, "chat.sqlite"), room, prefill)
 
     def command(self):
         return twistd_command() + [
             "-n", "--pidfile=", "chat",
-            "--port", "tcp:0:interface=127.0.0.1:backlog=4096",
+            "--port", LOOPBACK_LISTENER,
         ] + OUR_DEFAULT_ARGS + self.extra_args
 
 
