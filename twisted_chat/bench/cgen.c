@@ -28,8 +28,8 @@
  *   line  the line protocol (the default, as above);
  *   irc   "NICK b<i>", "USER b<i> 0 * :bench", "JOIN #lobby"; registered at
  *         RPL_ENDOFNAMES ("#lobby :End of /NAMES"); senders send
- *         "PRIVMSG #lobby :xxxx... T<stamp>", receivers count lines (a PING
- *         line is answered with PONG and not counted);
+ *         "PRIVMSG #lobby :xxxx... T<stamp>", receivers count PRIVMSG lines
+ *         (a PING line is answered with PONG);
  *   ws    "GET /ws" with Upgrade, a Sec-WebSocket-Key and an Origin of the
  *         server's own; after the 101, "/join lobby" in a masked text frame;
  *         registered at the JSON names event of lobby; senders send one
@@ -330,6 +330,35 @@ static int ws_input(conn_t *c, char *p, ssize_t n) {
     return 0;
 }
 
+/* IRC, registered: the complete lines of data (after the partial line kept
+ * in tail, which is kept in turn). A delivery is a PRIVMSG line, so that
+ * nothing else (the JOINs of the presence batches of a big channel, a late
+ * replayed line...) passes for one; PINGs are answered. */
+static void irc_lines(conn_t *c, char *data, ssize_t n, int sample_it) {
+    /* data points into rbuf at offset TAIL, so the tail can be prepended in place */
+    char *buf = data - c->tail_len;
+    memcpy(buf, c->tail, c->tail_len);
+    char *p = buf, *end = data + n, *nl;
+    int64_t now = sample_it ? now_us() : 0;
+    while ((nl = memchr(p, '\n', end - p)) != NULL) {
+        size_t len = nl - p;
+        if (len > 5 && memcmp(p, "PING ", 5) == 0) {
+            irc_pings(c, p, len + 1);
+        } else if (memmem(p, len, " PRIVMSG ", 9)) {
+            c->lines++;
+            if (sample_it) {
+                int64_t v = find_stamp(p, (int)len);
+                if (v >= 0) sample(now - v);
+            }
+        }
+        p = nl + 1;
+    }
+    size_t rest = end - p;
+    if (rest > TAIL) rest = 0; /* a line too long to be one of ours: dropped */
+    memmove(c->tail, p, rest);
+    c->tail_len = (int)rest;
+}
+
 /* Read once. Returns bytes read, 0 if nothing now, -1 on EOF/error (closed). */
 static ssize_t do_recv(conn_t *c) {
     char *data = rbuf + TAIL;
@@ -358,11 +387,14 @@ static ssize_t do_recv(conn_t *c) {
         }
         return n;
     }
+    if (face == FACE_IRC) {
+        irc_lines(c, data, n, sampling == 1 || (sampling == 2 && c->probe));
+        return n;
+    }
     /* memchr-style line counting */
     char *p = data, *end = data + n;
     long long lines = 0;
     while ((p = memchr(p, '\n', end - p)) != NULL) { lines++; p++; }
-    if (face == FACE_IRC && memmem(data, n, "PING ", 5)) lines -= irc_pings(c, data, n);
     c->lines += lines;
     if (sampling == 1 || (sampling == 2 && c->probe)) parse_lines(c, data, n, now_us());
     return n;

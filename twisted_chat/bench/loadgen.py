@@ -15,8 +15,8 @@ shared by all processes on the machine.
 
 Other faces of the server (``face``): ``irc`` members register with NICK and
 USER, JOIN ``#lobby`` (registered at RPL_ENDOFNAMES) and send ``PRIVMSG
-#lobby :xxxx… T<stamp>``; each received line is a delivery (PING lines are
-answered, not counted). ``ws`` members open a WebSocket (HTTP Upgrade to
+#lobby :xxxx… T<stamp>``; each PRIVMSG line received is a delivery (PINGs
+are answered). ``ws`` members open a WebSocket (HTTP Upgrade to
 ``/ws`` with the server's own Origin), send ``/join lobby`` and their
 messages as masked text frames (JSON mode, registered at the ``names`` event
 of lobby), and count the server's text frames; pings are answered. JSON mode
@@ -263,11 +263,10 @@ class Worker:
         conns = self.conns
         recv = self._recv
         # The hot path, inlined: most members only count lines; probes (and
-        # closed sockets) take the general path, as does every WebSocket
-        # (frames, not lines) and an IRC read with a PING in it.
+        # closed sockets) take the general path, as do the other faces
+        # (WebSocket frames; IRC lines, where only PRIVMSGs count).
         counting = {fd: [c.sock.recv, 0] for fd, c in conns.items()
-                    if not c.probe and self.face != "ws"}
-        irc = self.face == "irc"
+                    if not c.probe and self.face == "line"}
         if self.face == "irc":
             head = b"PRIVMSG #lobby :"
         else:
@@ -301,8 +300,6 @@ class Worker:
                         data = b""
                     if data:
                         entry[1] += data.count(b"\n")
-                        if irc and b"PING " in data:
-                            entry[1] -= self._irc_pings(conns[fd], data)
                         got = True
                         continue
                     del counting[fd]  # EOF or error: the general path closes it
@@ -359,6 +356,27 @@ class Worker:
                 pings += 1
         return pings
 
+    def _recv_irc(self, c, data):
+        """IRC lines: a delivery is a PRIVMSG line (not the JOINs of a big
+        channel's presence batches...); PINGs answered; probes record latencies."""
+        if c.registered:
+            buf = c.tail + data if c.tail else data
+            cut = buf.rfind(b"\n") + 1
+            lines, c.tail = buf[:cut], buf[cut:]
+            c.lines += lines.count(b" PRIVMSG ")
+            if b"PING " in lines:
+                self._irc_pings(c, lines)
+            if c.probe and lines:
+                now = _now_us()
+                append = self.samples.append
+                for line in lines.split(b"\n"):
+                    i = line.rfind(STAMP)
+                    if i >= 0 and b" PRIVMSG " in line:
+                        stamp = line[i + 2:i + 2 + STAMP_DIGITS]
+                        if len(stamp) == STAMP_DIGITS and stamp.isdigit():
+                            append(now - int(stamp))
+        return data
+
     def _recv_ws(self, c, data):
         """WebSocket bytes: the 101 answer, then frames (text frames are
         counted, probes record latencies, pings answered). None if closed."""
@@ -410,9 +428,9 @@ class Worker:
             return None
         if self.face == "ws":
             return self._recv_ws(c, data)
+        if self.face == "irc":
+            return self._recv_irc(c, data)
         c.lines += data.count(b"\n")
-        if self.face == "irc" and b"PING " in data:
-            c.lines -= self._irc_pings(c, data)
         if c.probe and c.registered:
             now = _now_us()
             data = c.tail + data
