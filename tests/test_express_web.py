@@ -179,16 +179,33 @@ class WebExpressTests(WebExpressTestCase):
         self.assertEqual(b.member.express_via[1], WS_JSON)
         self.assertTrue(b.member.echo)
 
+    def test_express_from_the_first_write_after_the_handshake(self):
+        c = TCPConn(self, self.listener, self.web)
+        key = base64.b64encode(os.urandom(16)).decode()
+        c.proto.dataReceived(
+            ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+             "Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
+             "\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        # The 101 answer went straight to the socket: nothing waits in the
+        # transport, so the session's welcome does too, and it is express.
+        self.assertEqual(c.transport._tempDataLen, 0)
+        self.clock.advance(0)
+        self.assertIs(c.proto.chat.outlet.member.express, c.transport.socket)
+        c.read()
+        self.assertTrue(c.buffer.startswith(b"HTTP/1.1 101"))
+
     def test_the_sessions_own_frames_go_first(self):
         a, b = self.ws_connect("alice"), self.ws_connect("bob")
-        b.proto.sendPing(b"p1")  # Autobahn's own write: queued in the transport
+        b.transport.write(b"\x89\x02p0")  # bytes waiting in the transport...
+        b.proto.sendPing(b"p1")  # ...so Autobahn's own write waits behind them
         self.assertGreater(b.transport._tempDataLen, 0)
         self.assertIsNone(b.member.express)
         a.send("m1")
         b.drain()
         got = b.frames()
-        self.assertEqual([op for op, _ in got], [0x9, 0x1])
-        self.assertEqual(json.loads(got[1][1])["text"], "m1")
+        self.assertEqual(got[:2], [(0x9, b"p0"), (0x9, b"p1")])
+        self.assertEqual([op for op, _ in got], [0x9, 0x9, 0x1])
+        self.assertEqual(json.loads(got[2][1])["text"], "m1")
         a.send("m2")
         self.assertEqual(b.texts(), ["m2"])
         self.assertIs(b.member.express, b.transport.socket)

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IConsumer, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..delivery import directwrite
 from ..delivery.outlet import BoundedOutput, Outlet
 from ..events import JSON
 from ..protocol import ChatProtocol
@@ -214,10 +215,27 @@ class WebSocketSession(WebSocketServerProtocol):
         # the line protocol strips from text anyway.
         chat.dataReceived(payload.translate(None, b"\r\n") + b"\n")
 
+    _direct = None  # straight to an idle plain-TCP socket (directwrite)
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._direct = directwrite.writer(self.transport)
+
     def sendData(self, data, sync=False, chopsize=None):
-        """Autobahn's every write (handshake, pings, pongs, close): bytes in
-        the transport that the room's next share must not pass."""
-        super().sendData(data, sync, chopsize)
+        """Autobahn's every write (handshake, pings, pongs, close), at once
+        to an idle plain-TCP socket like the session's own (the direct
+        writer: what the socket does not take, and everything while the
+        transport holds bytes, goes to the transport). Otherwise the 101
+        answer of the handshake waited in the transport for the next turn,
+        and the session's first writes, and the room's first share to it,
+        took the transport's way behind it instead of the express one.
+        Bytes left in the transport are ones the room's next share must not
+        pass: the express handle is checked again."""
+        direct = self._direct
+        if direct is None or sync or chopsize or self.send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)
+        else:
+            direct(data)
         chat = self.chat
         if chat is not None and chat.outlet is not None:
             chat.outlet.transport_written()
