@@ -444,6 +444,25 @@ class SchemaTests(StoreTestCase):
     def v1(self):
         return schema.schema_files()[1]
 
+    def test_an_upgrade_another_process_made_meanwhile_is_not_run_again(self):
+        # Two openers of one new file (the server's reader and its writer
+        # process start together): this one read version 0, then the other
+        # upgraded the file before this one took the write lock.
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(conn.close)
+        schema.connect(self.path).close()  # the other process, all the way
+        real = schema.version_of
+        seen = []
+
+        def stale_first(c):
+            seen.append(real(c))
+            return 0 if len(seen) == 1 else seen[-1]
+
+        self.patch(schema, "version_of", stale_first)
+        self.assertEqual(schema.upgrade(conn), schema.LATEST)
+        self.assertEqual(real(conn), schema.LATEST)
+        self.assertEqual(conn.execute("SELECT count(*) FROM schema_version").fetchone(), (1,))
+
     def test_a_failing_upgrade_leaves_the_previous_version(self):
         v1 = self.v1
         self.patch(schema, "schema_files", lambda: {1: v1, 2: "CREATE TABLE x (a);\nBOGUS;"})

@@ -52,21 +52,31 @@ def version_of(conn: sqlite3.Connection) -> int:
 
 def upgrade(conn: sqlite3.Connection) -> int:
     """Bring an open database (autocommit mode) to LATEST; return the version."""
-    current = version_of(conn)
-    if current > LATEST:
-        raise HistoryError(
-            f"it was written by a newer twisted-chat (schema version {current}; "
-            f"this one knows up to {LATEST})")
+    _check_known(version_of(conn))
     scripts = schema_files()
-    for version in range(current + 1, LATEST + 1):
+    while True:
         with immediate(conn):
+            # Read again under the write lock: another process opening the
+            # same file (the writer process beside the server's reader, a
+            # second server, twisted-chat-admin) may have upgraded it since.
+            current = _check_known(version_of(conn))
+            if current >= LATEST:
+                return LATEST
+            version = current + 1
             # executescript would commit first; run statement by statement so
             # the script and its version bump share one transaction.
             for statement in _statements(scripts[version]):
                 conn.execute(statement)
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-    return LATEST
+
+
+def _check_known(version: int) -> int:
+    if version > LATEST:
+        raise HistoryError(
+            f"it was written by a newer twisted-chat (schema version {version}; "
+            f"this one knows up to {LATEST})")
+    return version
 
 
 @contextlib.contextmanager
