@@ -903,6 +903,28 @@ class Hub:
         if save is not None:
             save(record).addErrback(failed)
 
+    # -- the cluster (twisted_chat.cluster) --------------------------------------
+
+    def deliver_remote(self, msg_id: int, record: tuple) -> None:
+        """A message another server of the cluster stored (``record`` as in
+        twisted_chat.history.interface): out to this server's members of its
+        room. The cluster calls this in id order, interleaved with this
+        server's own messages; so it goes out at once, ahead of local
+        messages still waiting for their commit (they will have higher ids).
+        """
+        kind, key, _, nick, _, text, action, t = record
+        if kind != "message":
+            return  # private messages stay on their server (nicks are not cluster-wide yet)
+        self._sent_id = msg_id
+        room = self.rooms.get(key)
+        if room is None or not room.members:
+            return
+        self.recent.said(room, msg_id, t, nick, text, action)
+        fields = {"id": msg_id, "ts": None, "room": room.name, "nick": nick, "text": text}
+        if action:
+            fields["action"] = True
+        room.broadcast(Event.timed("message", t, **fields))
+
     # -- history ---------------------------------------------------------------
 
     def history_page(self, member: Member, room: Optional[str] = None,

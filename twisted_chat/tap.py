@@ -105,6 +105,12 @@ class Options(AuthOptionMixin, usage.Options):
          "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
          "endpoint (e.g. tcp:9100:interface=127.0.0.1; a bare number means tcp:NUMBER, "
          "all interfaces). Default: none."],
+        # Several servers as one chat (docs/operations.rst, "Running several servers").
+        ["redis", None, None,
+         "Be one of a cluster of servers sharing --db postgresql://...: the Redis server "
+         "that carries their notifications, as a client endpoint (tcp:HOST:PORT, "
+         "unix:PATH; HOST:PORT means tcp). Needs the [cluster] extra. Default: none "
+         "(a server alone)."],
         # Rooms (docs/protocol.rst, "Several rooms", "Operators").
         ["max-rooms", None, DEFAULT_MAX_ROOMS, "Rooms one connection may be in at once.", int],
     ]
@@ -217,6 +223,27 @@ class Options(AuthOptionMixin, usage.Options):
                 history_schema.check(self["db"])
         except HistoryError as e:
             raise usage.UsageError(f"cannot use --db {history_pg.describe(self['db'])}: {e}")
+        if self["redis"] is not None:
+            self._check_redis(reactor)
+
+    def _check_redis(self, reactor):
+        from twisted.internet.endpoints import clientFromString
+
+        from . import cluster
+
+        if not history_pg.is_postgres(self["db"]):
+            raise usage.UsageError(
+                f"--redis makes this server one of a cluster, whose servers share their "
+                f"history and rooms in one PostgreSQL database; --db {self['db']} is an "
+                f"SQLite file only this process can use: give --db postgresql://USER@HOST/DBNAME")
+        why = cluster.check()
+        if why:
+            raise usage.UsageError(why)
+        self["redis"] = cluster.endpoint_description(self["redis"])
+        try:
+            self["redis-endpoint"] = clientFromString(reactor, self["redis"])
+        except Exception as e:  # the parser raises many types; all mean "bad"
+            raise usage.UsageError(f"bad --redis {self['redis']!r}: {e}")
 
 
 def _guests(value, have_accounts: bool) -> bool:
@@ -265,6 +292,10 @@ def makeService(options) -> service.IService:
     accounts = Accounts(checkers, reactor) if checkers else None
     store_class = _PostgresStore if history_pg.is_postgres(options["db"]) else _HistoryStore
     store = store_class(options["db"], clock=reactor, retention_days=options["history-days"])
+    if options.get("redis"):
+        from .cluster.store import ClusterStore
+
+        store = ClusterStore(store, options["redis-endpoint"], options["redis"], reactor)
     hub = Hub(
         server_name=options["server-name"],
         motd=options["motd"],
@@ -276,6 +307,8 @@ def makeService(options) -> service.IService:
         admins=options["admins"],
         max_rooms=options["max-rooms"],
     )
+    if options.get("redis"):
+        store.hub = hub
     hub.presence_threshold = options["presence-threshold"]
     hub.presence_interval = options["presence-interval"]
     if options["history-days"]:

@@ -265,7 +265,24 @@ def load_rooms(conn) -> dict:
     return rooms
 
 
-OPERATIONS = {"write": write_batch, "room": save_room, "prune": prune_chunk}
+def messages_after(conn, after_id: int, limit: int):
+    """``(last, rows)``: the last id given out, and the messages (room and
+    private) whose id is above ``after_id`` and at most ``last``, oldest
+    first, at most ``limit`` of them, each ``(id, record)``. One statement,
+    so one snapshot: every id up to ``last`` is committed, and an id in
+    that range without a row was pruned. (The cluster's catch-up,
+    twisted_chat.cluster.)"""
+    rows = conn.execute(
+        "SELECT top.last, m.id, m.kind, m.room, m.room_name, m.nick, m.target, m.text,"
+        " m.action, m.t FROM (SELECT last FROM message_ids) AS top LEFT JOIN LATERAL"
+        " (SELECT * FROM messages WHERE id > %s AND id <= top.last ORDER BY id LIMIT %s) AS m"
+        " ON true ORDER BY m.id", (after_id, limit)).fetchall()
+    last = rows[0][0] if rows else after_id
+    return last, [(row[1], tuple(row[2:])) for row in rows if row[1] is not None]
+
+
+OPERATIONS = {"write": write_batch, "room": save_room, "prune": prune_chunk,
+              "after": messages_after}
 
 
 class _Link:
@@ -417,6 +434,14 @@ class PostgresHistory(_sqlite.SQLiteHistory):
             if link is not None:
                 link.close()
         return result
+
+    def after(self, after_id: int, limit: int):
+        """A Deferred of :func:`messages_after` (the cluster's catch-up).
+
+        It runs on the write thread, in line with the batches: by the time
+        it fires, every batch committed before it has had its ``done``
+        callbacks run, and none committed after it is in its answer."""
+        return self._writer.request("after", after_id, limit)
 
     # -- reads, on the read thread -------------------------------------------
 

@@ -1,0 +1,173 @@
+"""Several ``twistd chat`` processes as one chat (``--redis``, issue 15), end
+to end: real servers on a real PostgreSQL (tests/pg_support) and a real
+Redis (tests/redis_support), line-protocol clients on each server.
+
+A room's messages carry the same ids and arrive in the same order on every
+server; Redis restarted in the middle of traffic delays delivery but every
+acknowledged message reaches every member exactly once; and with an SQLite
+``--db`` a server refuses to join a cluster, saying why."""
+
+import shutil
+import tempfile
+import threading
+import time
+
+from twisted.trial.unittest import SkipTest
+
+from .pg_support import PostgresTestCase
+from .redis_support import RedisServer, why_not
+from .support import ChatServer
+from .test_history_server import HistoryServerTestCase
+
+
+class ClusterTestCase(PostgresTestCase):
+    unlimited = HistoryServerTestCase.unlimited
+
+    def setUp(self):
+        reason = why_not()
+        if reason:
+            raise SkipTest(reason)
+        super().setUp()
+        self.redis = RedisServer().start()
+        self.addCleanup(self.redis.destroy)
+
+    def server(self, *args):
+        server = ChatServer(*self.unlimited, "--db", self.url, "--redis", self.redis.endpoint,
+                            *args).start()
+        self.addCleanup(server.stop)
+        server.wait_for_log("redis: subscribed")
+        return server
+
+    def client(self, server, nick):
+        c = server.client()
+        self.addCleanup(c.close)
+        c.json_mode(nick)
+        return c
+
+    def messages(self, client, count, room="lobby"):
+        """The next ``count`` live messages of ``room`` the client receives:
+        (id, nick, text) in the order received."""
+        got = []
+        while len(got) < count:
+            ev = client.expect_event("message", room=room)
+            if not ev.get("history"):
+                got.append((ev["id"], ev["nick"], ev["text"]))
+        return got
+
+
+class CrossServerTests(ClusterTestCase):
+    def test_messages_both_ways_same_ids_same_order(self):
+        a, b = self.server(), self.server()
+        alice, bob = self.client(a, "alice"), self.client(b, "bob")
+        alice.send("hello from a")
+        seen_b = self.messages(bob, 1)
+        seen_a = self.messages(alice, 1)  # alice's own acknowledgement
+        self.assertEqual(seen_a, seen_b)
+        self.assertEqual(seen_b[0][1:], ("alice", "hello from a"))
+        bob.send("hello from b")
+        self.assertEqual(self.messages(alice, 1), self.messages(bob, 1))
+
+        # Both at once, many: every member sees the same ids in the same
+        # (increasing) order, whichever server each message was said on.
+        count = 200
+        senders = [threading.Thread(target=c.send, args=[f"{c_name} {i}" for i in range(count)])
+                   for c, c_name in ((alice, "a"), (bob, "b"))]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        on_a, on_b = self.messages(alice, 2 * count), self.messages(bob, 2 * count)
+        self.assertEqual(on_a, on_b)
+        ids = [i for i, _, _ in on_a]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertEqual({text for _, _, text in on_a},
+                         {f"{n} {i}" for n in "ab" for i in range(count)})
+        # A third server started later replays the same history.
+        carol = self.client(self.server(), "carol")
+        replay = []
+        while True:
+            ev = carol.event()
+            if ev["type"] == "history-end":
+                break
+            if ev["type"] == "message":
+                replay.append((ev["id"], ev["nick"], ev["text"]))
+        self.assertEqual(replay, on_a[-len(replay):])
+
+    def test_rooms_are_shared(self):
+        a, b = self.server(), self.server()
+        alice, bob = self.client(a, "alice"), self.client(b, "bob")
+        for c in (alice, bob):
+            c.send("/join dev")
+            c.expect_event("names", room="dev")
+        bob.send("/say dev in dev")
+        self.assertEqual(self.messages(alice, 1, "dev"), self.messages(bob, 1, "dev"))
+
+
+class RedisRestartTests(ClusterTestCase):
+    def test_every_acknowledged_message_reaches_every_member_exactly_once(self):
+        a, b = self.server(), self.server()
+        alice, bob = self.client(a, "alice"), self.client(b, "bob")
+        carol = self.client(b, "carol")  # a listener on b
+        dave = self.client(a, "dave")  # and one on a
+        stop = threading.Event()
+        acked = {"alice": [], "bob": []}
+
+        def talk(client, name):
+            i = 0
+            while not stop.is_set():
+                client.send(f"{name} {i}")
+                # The acknowledgement: the message came back with its id.
+                ev = client.expect_event("message", nick=name, text=f"{name} {i}", timeout=30)
+                acked[name].append(ev["id"])
+                i += 1
+
+        talkers = [threading.Thread(target=talk, args=(alice, "alice")),
+                   threading.Thread(target=talk, args=(bob, "bob"))]
+        for t in talkers:
+            t.start()
+        try:
+            self.wait_for(lambda: min(len(v) for v in acked.values()) >= 20)
+            self.redis.stop()
+            before = {k: len(v) for k, v in acked.items()}
+            # Without Redis both servers still take messages (the database
+            # is the truth); they reach the other server by catching up.
+            self.wait_for(lambda: all(len(acked[k]) >= before[k] + 10 for k in acked))
+            self.redis.start()
+            a.wait_for_log("redis: subscribed", timeout=30)
+            b.wait_for_log("redis: subscribed", timeout=30)
+            more = {k: len(v) for k, v in acked.items()}
+            self.wait_for(lambda: all(len(acked[k]) >= more[k] + 20 for k in acked))
+        finally:
+            stop.set()
+            for t in talkers:
+                t.join(60)
+        every = sorted(acked["alice"] + acked["bob"])
+        self.assertEqual(len(set(every)), len(every))
+        last = every[-1]
+        for listener in (carol, dave):
+            got = []
+            while not got or got[-1][0] < last:
+                got += self.messages(listener, 1)
+            ids = [i for i, _, _ in got]
+            self.assertEqual(ids, sorted(set(ids)), "out of order or twice")
+            self.assertEqual(set(every) - set(ids), set(), "acknowledged but never delivered")
+            self.assertEqual(listener.quiet(0.5), [])  # nothing more, no repeat
+
+    def wait_for(self, condition, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "timed out")
+            time.sleep(0.05)
+
+
+class StartTests(ClusterTestCase):
+    def test_redis_with_sqlite_is_refused(self):
+        self.dir = tempfile.mkdtemp(prefix="chat-cluster-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        result = HistoryServerTestCase.run_twistd(self, "--redis", self.redis.endpoint)
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertIn("--redis makes this server one of a cluster", output)
+        self.assertIn("SQLite file", output)
+        self.assertNotIn("Traceback", output)

@@ -1,0 +1,122 @@
+"""The cluster's parts without servers: the id order (Sequencer) driven by a
+Clock and a database answered by hand, and the ``--redis`` option."""
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_chat.cluster import endpoint_description
+from twisted_chat.cluster.sequence import FETCH_LIMIT, GAP_WAIT, Sequencer
+from twisted_chat.history import room_message
+from twisted_chat.tap import Options
+
+
+def record(text):
+    return room_message("lobby", "lobby", "x", text, 0.0)
+
+
+class SequencerTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.out = []  # (id, "local" | text)
+        self.fetches = []  # (after, limit, Deferred)
+        self.seq = Sequencer(10, self.remote_out, self.fetch, self.clock)
+
+    def remote_out(self, msg_id, rec):
+        self.out.append((msg_id, rec[5]))
+
+    def local_done(self, msg_id):
+        self.out.append((msg_id, "local"))
+
+    def fetch(self, after, limit):
+        d = Deferred()
+        self.fetches.append((after, limit, d))
+        return d
+
+    def test_in_order_at_once(self):
+        self.seq.local(11, record("a"), self.local_done)
+        self.seq.remote(12, record("b"))
+        self.assertEqual(self.out, [(11, "local"), (12, "b")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_later_id_waits_for_the_lower_ones(self):
+        self.seq.local(13, record("c"), self.local_done)
+        self.seq.remote(12, record("b"))
+        self.assertEqual(self.out, [])
+        self.seq.remote(11, record("a"))
+        self.assertEqual(self.out, [(11, "a"), (12, "b"), (13, "local")])
+
+    def test_twice_goes_out_once(self):
+        self.seq.remote(11, record("a"))
+        self.seq.remote(11, record("a"))
+        self.seq.remote(10, record("old"))
+        self.seq.remote(13, record("c"))
+        self.seq.remote(13, record("c"))
+        self.seq.remote(12, record("b"))
+        self.assertEqual(self.out, [(11, "a"), (12, "b"), (13, "c")])
+
+    def test_a_hole_is_filled_from_the_database(self):
+        self.seq.local(13, record("c"), self.local_done)
+        self.clock.advance(GAP_WAIT - 0.01)
+        self.assertEqual(self.fetches, [])
+        self.clock.advance(0.02)
+        (after, limit, d), = self.fetches
+        self.assertEqual((after, limit), (10, FETCH_LIMIT))
+        # 12 was pruned meanwhile: the database says 13 is the last id and
+        # has rows for 11 and 13 (13: this server's own, already here).
+        d.callback((13, [(11, record("a")), (13, record("c"))]))
+        self.assertEqual(self.out, [(11, "a"), (13, "local")])
+        self.assertEqual(self.seq.last, 13)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_hole_that_closes_by_itself_reads_nothing(self):
+        self.seq.remote(12, record("b"))
+        self.clock.advance(GAP_WAIT / 2)
+        self.seq.remote(11, record("a"))
+        self.clock.advance(GAP_WAIT)
+        self.assertEqual(self.fetches, [])
+        self.assertEqual(self.out, [(11, "a"), (12, "b")])
+
+    def test_a_long_catch_up_reads_page_after_page(self):
+        self.seq.catch_up()
+        rows = [(11 + i, record(str(i))) for i in range(FETCH_LIMIT)]
+        self.fetches[0][2].callback((11 + FETCH_LIMIT, rows))
+        self.assertEqual(self.seq.last, 10 + FETCH_LIMIT)
+        after, _, d = self.fetches[1]
+        self.assertEqual(after, 10 + FETCH_LIMIT)
+        d.callback((11 + FETCH_LIMIT, [(11 + FETCH_LIMIT, record("end"))]))
+        self.assertEqual(self.out[-1], (11 + FETCH_LIMIT, "end"))
+        self.assertEqual(len(self.out), FETCH_LIMIT + 1)
+
+    def test_a_failed_read_is_tried_again(self):
+        self.seq.fetch = lambda after, limit: fail(RuntimeError("database down"))
+        self.seq.remote(12, record("b"))
+        self.clock.advance(GAP_WAIT)
+        self.seq.fetch = self.fetch
+        self.clock.advance(GAP_WAIT)
+        self.fetches[0][2].callback((12, [(11, record("a")), (12, record("b"))]))
+        self.assertEqual(self.out, [(11, "a"), (12, "b")])
+        self.flushLoggedErrors()
+
+
+class OptionTests(SynchronousTestCase):
+    def test_endpoint_spellings(self):
+        self.assertEqual(endpoint_description("tcp:redis.lan:6380"), "tcp:redis.lan:6380")
+        self.assertEqual(endpoint_description("redis.lan:6380"), "tcp:redis.lan:6380")
+        self.assertEqual(endpoint_description("redis.lan"), "tcp:redis.lan:6379")
+        self.assertEqual(endpoint_description("redis://redis.lan/"), "tcp:redis.lan:6379")
+        self.assertEqual(endpoint_description("unix:/run/redis.sock"), "unix:/run/redis.sock")
+
+    def test_redis_needs_postgresql(self):
+        for db in ("chat.sqlite", ":memory:"):
+            options = Options()
+            with self.assertRaises(UsageError) as caught:
+                options.parseOptions(["--db", db, "--redis", "tcp:127.0.0.1:6379"])
+            self.assertIn("SQLite file only this process can use", str(caught.exception))
+
+    def test_redis_with_postgresql(self):
+        options = Options()
+        options.parseOptions(["--db", "postgresql://chat@db.lan/chat", "--redis", "db.lan"])
+        self.assertEqual(options["redis"], "tcp:db.lan:6379")
+        self.assertIsNotNone(options["redis-endpoint"])
