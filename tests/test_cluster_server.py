@@ -7,7 +7,9 @@ server; Redis restarted in the middle of traffic delays delivery but every
 acknowledged message reaches every member exactly once; and with an SQLite
 ``--db`` a server refuses to join a cluster, saying why."""
 
+import json
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -171,3 +173,95 @@ class StartTests(ClusterTestCase):
         self.assertIn("--redis makes this server one of a cluster", output)
         self.assertIn("SQLite file", output)
         self.assertNotIn("Traceback", output)
+
+
+class MembershipTests(ClusterTestCase):
+    def eventually(self, client, command, type, condition, timeout=10):
+        """Send ``command`` until its answer (an event of ``type``) meets
+        ``condition``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            client.send(command)
+            ev = client.expect_event(type)
+            if condition(ev):
+                return ev
+            self.assertLess(time.monotonic(), deadline, f"never: {ev}")
+            time.sleep(0.05)
+
+    def test_names_who_rooms_and_presence_are_cluster_wide(self):
+        a, b = self.server(), self.server()
+        alice = self.client(a, "alice")
+        bob = self.client(b, "bob")
+        # bob's join reached a (it came after alice was there).
+        alice.expect_event("join", room="lobby", nick="bob")
+        alice.send("/who")
+        self.assertEqual(sorted(alice.expect_event("names", room="lobby")["nicks"]),
+                         ["alice", "bob"])
+        # What happens on a reaches b a moment later (a publication).
+        self.eventually(bob, "/who lobby", "names",
+                        lambda ev: sorted(ev["nicks"]) == ["alice", "bob"])
+        alice.send("/join dev")
+        alice.expect_event("names", room="dev")
+        self.eventually(bob, "/rooms", "rooms", lambda ev: {
+            r["name"]: r["members"] for r in ev["rooms"]} == {"dev": 1, "lobby": 2})
+        bob.send("/join dev")
+        self.assertEqual(sorted(bob.expect_event("names", room="dev")["nicks"]),
+                         ["alice", "bob"])
+        alice.expect_event("join", room="dev", nick="bob")
+        bob.send("/nick robert")
+        ev = alice.expect_event("nick", old="bob")
+        self.assertEqual(ev["new"], "robert")
+        bob.send("/part dev bye")
+        self.assertEqual(alice.expect_event("part", room="dev")["nick"], "robert")
+        # Private messages cross too.
+        alice.send("/msg robert psst")
+        got = bob.expect_event("private")
+        self.assertEqual((got["from"], got["to"], got["text"]), ("alice", "robert", "psst"))
+        bob.close()
+        self.assertEqual(alice.expect_event("quit")["nick"], "robert")
+        alice.send("/msg robert hello?")
+        self.assertEqual(alice.expect_event("error")["code"], "no-such-nick")
+
+    def test_a_nick_is_unique_across_servers(self):
+        a, b = self.server(), self.server()
+        alice = self.client(a, "alice")
+        other = b.client()
+        self.addCleanup(other.close)
+        other.json_mode()
+        other.send("/nick ALICE")
+        self.assertEqual(other.expect_event("error")["code"], "nick-taken")
+        # A race: one client on each server asks for the same nick at once,
+        # many times over; each time exactly one of them gets it.
+        for round in range(10):
+            nick = f"racer{round}"
+            pair = [a.client(), b.client()]
+            for c in pair:
+                self.addCleanup(c.close)
+                c.json_mode()
+            for c in pair:
+                c.send(f"/nick {nick}")
+            outcomes = []
+            for c in pair:
+                ev = json.loads(c.expect(lambda line: '"nick-taken"' in line
+                                         or '"names"' in line))
+                outcomes.append(ev["type"])
+            self.assertEqual(sorted(outcomes), ["error", "names"], f"round {round}")
+
+    def test_kill_9_of_a_server_its_members_leave_the_others(self):
+        a, b = self.server(), self.server()
+        alice = self.client(a, "alice")
+        self.client(b, "bob")
+        alice.expect_event("join", nick="bob")
+        b.stop(signal.SIGKILL)
+        started = time.monotonic()
+        quit = alice.expect_event("quit", nick="bob", timeout=40)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertEqual(quit["reason"], "server gone")
+        alice.send("/who")
+        self.assertEqual(alice.expect_event("names", room="lobby")["nicks"], ["alice"])
+        # Its nick is free again (its server's claim died with it).
+        again = a.client()
+        self.addCleanup(again.close)
+        again.json_mode()
+        again.send("/nick bob")
+        self.assertEqual(again.expect_event("nick", new="bob")["new"], "bob")

@@ -268,6 +268,17 @@ class _Said:
             self.member.deliver(_NOT_STORED)
 
 
+class _Elsewhere:
+    """A private message's recipient on another server of the cluster: it
+    is told there; here it only lends its nick to the sender's copy."""
+
+    __slots__ = ("nick",)
+    gone = True
+
+    def __init__(self, nick: str):
+        self.nick = nick
+
+
 class _Replay:
     """One pending history fetch for a member: rows is None until it arrives."""
 
@@ -337,6 +348,11 @@ class Hub:
         # Nicks given up (renamed from, or gone), newest last, a bounded few:
         # (folded nick, nick, realname, account, t). See departed().
         self._departed = deque(maxlen=KEEP_DEPARTED)
+        # One of a cluster (twisted_chat.cluster.members): told of joins,
+        # parts, quits and renames, asked about nicks and members of other
+        # servers. None for a server alone: none of its hooks run.
+        self.cluster = None
+        self.guest_prefix = "guest"
         self._room(self.default_room)
 
     def load_rooms(self):
@@ -401,6 +417,8 @@ class Hub:
         ``disconnected``): everybody who shares a room with it hears once."""
         if member.gone:
             return
+        if self.cluster is not None:
+            self.cluster.gone(member, reason)
         if member.rooms:
             event = Event.timed("quit", self.clock(), nick=member.nick, ts=None,
                                 reason=reason)
@@ -442,6 +460,22 @@ class Hub:
         if nick == member.nick:
             self.send(member, Event("info", {"message": f"you are already {nick}"}))
             return
+        if self.cluster is not None and key != member.key:
+            # Unique across the cluster: the rename waits for the claim.
+            if self.cluster.holder(key) is not None:
+                raise ChatError("nick-taken", f"the nick {nick} is taken")
+            self.cluster.claim(member, nick, self._claimed)
+            return
+        self._rename(member, nick)
+
+    def _claimed(self, member: Member, nick: str, ok: bool) -> None:
+        """The cluster's answer to a claim of ``nick`` for ``member``."""
+        if member.gone:
+            return
+        holder = self.members.get(fold(nick))
+        if not ok or (holder is not None and holder is not member):
+            self.send(member, error("nick-taken", f"the nick {nick} is taken"))
+            return
         self._rename(member, nick)
 
     def login(self, member: Member, nick: str) -> None:
@@ -475,6 +509,8 @@ class Hub:
         member.nick, member.key = nick, key
         self.members[key] = member
         event = Event.timed("nick", self.clock(), old=old, new=nick)
+        if self.cluster is not None:
+            self.cluster.renamed(member, old, event)
         if member.rooms:
             for room in member.rooms:
                 nicks = room._nicks
@@ -599,6 +635,8 @@ class Hub:
             event.fields["_account"] = member.account  # the joiner's, as it joined
         if member.realname is not None:
             event.fields["_realname"] = member.realname
+        if self.cluster is not None:
+            self.cluster.joined(member, room, event)
         if batched:
             self.send(member, event)  # its own join now; the room's in a presence batch
             presence.joined(self, room, member.nick)
@@ -651,7 +689,11 @@ class Hub:
         self.register(member)
         recipient = self.members.get(fold(target))
         if recipient is None:
-            raise ChatError("no-such-nick", f"nobody is called {target}")
+            elsewhere = self.cluster.holder(fold(target)) if self.cluster is not None else None
+            if elsewhere is None:
+                raise ChatError("no-such-nick", f"nobody is called {target}")
+            # On another server of the cluster: it delivers it (deliver_remote).
+            recipient = _Elsewhere(elsewhere)
         sender, t, account = member.nick, self.clock(), member.account
         record = private_message(sender, recipient.nick, text, t)
         step = self._wait()
@@ -682,14 +724,21 @@ class Hub:
         if room is not None:
             self.send(member, self._names(room))
         else:
-            self.send(member, Event("names", {"room": room_name, "nicks": [], "ops": [],
+            remote = self.cluster.nicks(fold(room_name)) if self.cluster is not None else []
+            self.send(member, Event("names", {"room": room_name, "nicks": remote, "ops": [],
                                               "voiced": []}))
 
     def list_rooms(self, member: Member) -> None:
-        rooms = [
-            {"name": room.name, "members": len(room.members)}
-            for room in sorted(self.rooms.values(), key=lambda r: r.key)
-        ]
+        if self.cluster is not None:
+            counts = self.cluster.rooms()  # folded key -> [name, members elsewhere]
+            for room in self.rooms.values():
+                counts.setdefault(room.key, [room.name, 0])[1] += len(room.members)
+            rooms = [{"name": name, "members": n} for _, (name, n) in sorted(counts.items())]
+        else:
+            rooms = [
+                {"name": room.name, "members": len(room.members)}
+                for room in sorted(self.rooms.values(), key=lambda r: r.key)
+            ]
         self.send(member, Event("rooms", {"rooms": rooms}))
 
     # -- topics and moderation -------------------------------------------------
@@ -745,7 +794,10 @@ class Hub:
         room, target = self._operate(member, name, nick)
         fields = {"room": room.name, "nick": target.nick, "by": member.nick,
                   "reason": reason or ""}
-        self._broadcast(room, Event.timed("kick", self.clock(), ts=None, **fields))
+        event = Event.timed("kick", self.clock(), ts=None, **fields)
+        if self.cluster is not None:
+            self.cluster.left(target, room, event)
+        self._broadcast(room, event)
         if presence.batched(self, room):
             presence.left(self, room, target.nick)
         self._remove(target, room)
@@ -880,7 +932,10 @@ class Hub:
                                           ts=None, mode=mode, on=on, **fields))
 
     def _names(self, room: Room) -> Event:
-        return Event("names", {"room": room.name, "nicks": room.nicks(),
+        nicks = room.nicks()
+        if self.cluster is not None:
+            nicks += self.cluster.nicks(room.key)  # the other servers' members
+        return Event("names", {"room": room.name, "nicks": nicks,
                                "ops": [m.nick for m in room.ops],
                                "voiced": [m.nick for m in room.voiced]})
 
@@ -912,9 +967,13 @@ class Hub:
         server's own messages; so it goes out at once, ahead of local
         messages still waiting for their commit (they will have higher ids).
         """
-        kind, key, _, nick, _, text, action, t = record
+        kind, key, _, nick, target, text, action, t = record
         if kind != "message":
-            return  # private messages stay on their server (nicks are not cluster-wide yet)
+            recipient = self.members.get(fold(target))
+            if recipient is not None and not recipient.gone:
+                recipient.deliver(Event.timed("private", t, id=msg_id, ts=None, **{
+                    "from": nick, "to": recipient.nick, "text": text}))
+            return
         self._sent_id = msg_id
         room = self.rooms.get(key)
         if room is None or not room.members:
@@ -925,7 +984,26 @@ class Hub:
             fields["action"] = True
         room.broadcast(Event.timed("message", t, **fields))
 
-    # -- history ---------------------------------------------------------------
+    def remote_event(self, keys, event: Event, nick: Optional[str] = None,
+                     joined: Optional[bool] = None) -> None:
+        """An event of a member of another server (a join, part, kick, quit,
+        rename) out to this server's members of the rooms ``keys`` (folded),
+        each member once; in a big room a join or part (``joined`` True or
+        False, of ``nick``) goes in its presence batch instead."""
+        rooms = []
+        for key in keys:
+            room = self.rooms.get(key)
+            if room is None or not room.members:
+                continue
+            if joined is not None and presence.batched(self, room):
+                (presence.joined if joined else presence.left)(self, room, nick)
+            else:
+                rooms.append(room)
+        if len(rooms) == 1:
+            self._broadcast(rooms[0], event)
+        else:
+            self._to_rooms(rooms, event)
+
 
     def history_page(self, member: Member, room: Optional[str] = None,
                      limit: Optional[int] = None, before: Optional[int] = None) -> None:
@@ -1126,7 +1204,7 @@ class Hub:
     def _guest_nick(self) -> str:
         while True:
             self._guests += 1
-            nick = f"guest{self._guests}"
+            nick = f"{self.guest_prefix}{self._guests}"
             if fold(nick) not in self.members:
                 return nick
 
@@ -1170,6 +1248,8 @@ class Hub:
         """``member`` leaves ``room`` of its own accord: a ``part``."""
         event = Event.timed("part", self.clock(), room=room.name, nick=member.nick,
                             ts=None, reason=reason)
+        if self.cluster is not None:
+            self.cluster.left(member, room, event)
         if presence.batched(self, room):
             self.send(member, event)  # the leaver's own part; the room's in a batch
             presence.left(self, room, member.nick)

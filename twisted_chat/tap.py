@@ -308,7 +308,7 @@ def makeService(options) -> service.IService:
         max_rooms=options["max-rooms"],
     )
     if options.get("redis"):
-        store.hub = hub
+        store.attach(hub)
     hub.presence_threshold = options["presence-threshold"]
     hub.presence_interval = options["presence-interval"]
     if options["history-days"]:

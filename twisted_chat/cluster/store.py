@@ -12,6 +12,9 @@ hub calls it as it calls any store (``append``, ``before``, ``save_room``
   catching up, goes to the hub's :meth:`~twisted_chat.hub.Hub.deliver_remote`
   at its turn.
 
+It also carries the presence of :mod:`.members` (joins, parts, quits,
+renames, heartbeats) in the same publications, each turn's in one.
+
 Without ``--redis`` none of this exists: the hub talks to its store directly.
 """
 
@@ -25,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..history.interface import IHistoryStore, IRoomStore
+from .members import HEARTBEAT, Members
 from .redis import RedisLink
 from .sequence import Sequencer
 
@@ -49,9 +53,12 @@ class ClusterStore(Service):
         self.clock = clock
         self.server_id = uuid.uuid4().hex[:16]
         self.link = RedisLink(endpoint, channel, self._heard, self._subscribed, description)
-        self.hub = None  # set by whoever builds the hub (tap.makeService)
+        self.hub = None  # see attach()
+        self.members = None
         self.sequencer = None
         self._outbox = []
+        self._presence = []
+        self._heartbeat = None
         self._flush_call = None
         self._poll = None
         self._ticks = 0
@@ -61,6 +68,11 @@ class ClusterStore(Service):
         if name == "store":
             raise AttributeError(name)
         return getattr(self.store, name)
+
+    def attach(self, hub) -> None:
+        """Serve ``hub``: its messages and its members, cluster-wide."""
+        self.hub = hub
+        self.members = Members(hub, self.server_id, self._presence_item, self.link, self.clock)
 
     # -- the service -------------------------------------------------------------
 
@@ -73,11 +85,16 @@ class ClusterStore(Service):
         self._poll = LoopingCall(self._check)
         self._poll.clock = self.clock
         self._poll.start(POLL, now=False)
+        if self.members is not None:
+            self._heartbeat = LoopingCall(self.members.heartbeat)
+            self._heartbeat.clock = self.clock
+            self._heartbeat.start(HEARTBEAT, now=False)
 
     def stopService(self):
         Service.stopService(self)
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
+        for call in (self._poll, self._heartbeat):
+            if call is not None and call.running:
+                call.stop()
         d = maybeDeferred(self.store.stopService)  # writes what is pending
 
         def unlink(result):
@@ -100,26 +117,38 @@ class ClusterStore(Service):
             self._flush_call = self.clock.callLater(0, self._flush)
         self.sequencer.local(msg_id, record, done)
 
+    def _presence_item(self, item):
+        self._presence.append(item)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
     def _flush(self):
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        if self._outbox:
-            outbox, self._outbox = self._outbox, []
-            self.link.publish(json.dumps({"from": self.server_id, "m": outbox},
-                                         separators=(",", ":")))
+        if self._outbox or self._presence:
+            message = {"from": self.server_id}
+            if self._presence:
+                message["p"], self._presence = self._presence, []
+            if self._outbox:
+                message["m"], self._outbox = self._outbox, []
+            self.link.publish(json.dumps(message, separators=(",", ":")))
 
     def _heard(self, text):
         message = json.loads(text)
         if message.get("from") == self.server_id or self.sequencer is None:
             return  # our own: gone out already, or on its way
+        if self.members is not None:
+            self.members.heard(message["from"], message.get("p", ()))
         remote = self.sequencer.remote
-        for item in message["m"]:
+        for item in message.get("m", ()):
             remote(item[0], tuple(item[1:]))
 
     def _subscribed(self):
         if self.sequencer is not None:
             self.sequencer.catch_up()  # what was missed while cut off
+        if self.members is not None:
+            self.members.subscribed()
 
     def _check(self):
         self._ticks += 1
