@@ -13,7 +13,7 @@ publication lost to a Redis restart, a server killed between its commit and
 its publication), or when Redis is not there at all, the sequencer reads
 what it misses from the database (``fetch(after_id, limit)``, which answers
 in line with this server's own commits: see
-:meth:`~twisted_chat.history.pg.PostgresHistory.after`). An id seen twice
+:meth:`~twisted_chat.history.pg.PostgresHistory.committed_after`). An id seen twice
 (Redis and the database, or a publication repeated) goes out once.
 """
 

@@ -79,7 +79,7 @@ class ClusterStore(Service):
     def startService(self):
         self.store.startService()  # HistoryError/SystemExit: the server does not start
         self.sequencer = Sequencer(self.store.last_id_at_start, self._deliver,
-                                   self.store.after, self.clock)
+                                   self.store.committed_after, self.clock)
         Service.startService(self)
         self.link.startService()
         self._poll = LoopingCall(self._check)

@@ -435,7 +435,7 @@ class PostgresHistory(_sqlite.SQLiteHistory):
                 link.close()
         return result
 
-    def after(self, after_id: int, limit: int):
+    def committed_after(self, after_id: int, limit: int):
         """A Deferred of :func:`messages_after` (the cluster's catch-up).
 
         It runs on the write thread, in line with the batches: by the time
