@@ -46,6 +46,18 @@ class ClusterTestCase(PostgresTestCase):
         c.json_mode(nick)
         return c
 
+    def eventually(self, client, command, type, condition, timeout=10):
+        """Send ``command`` until its answer (an event of ``type``) meets
+        ``condition``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            client.send(command)
+            ev = client.expect_event(type)
+            if condition(ev):
+                return ev
+            self.assertLess(time.monotonic(), deadline, f"never: {ev}")
+            time.sleep(0.05)
+
     def messages(self, client, count, room="lobby"):
         """The next ``count`` live messages of ``room`` the client receives:
         (id, nick, text) in the order received."""
@@ -176,18 +188,6 @@ class StartTests(ClusterTestCase):
 
 
 class MembershipTests(ClusterTestCase):
-    def eventually(self, client, command, type, condition, timeout=10):
-        """Send ``command`` until its answer (an event of ``type``) meets
-        ``condition``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            client.send(command)
-            ev = client.expect_event(type)
-            if condition(ev):
-                return ev
-            self.assertLess(time.monotonic(), deadline, f"never: {ev}")
-            time.sleep(0.05)
-
     def test_names_who_rooms_and_presence_are_cluster_wide(self):
         a, b = self.server(), self.server()
         alice = self.client(a, "alice")
@@ -265,3 +265,65 @@ class MembershipTests(ClusterTestCase):
         again.json_mode()
         again.send("/nick bob")
         self.assertEqual(again.expect_event("nick", new="bob")["new"], "bob")
+
+
+class ModerationTests(ClusterTestCase):
+    def test_topics_flags_operators_kicks_and_bans_across_servers(self):
+        a, b = self.server(), self.server()
+        alice = self.client(a, "alice")
+        bob = self.client(b, "bob")
+        alice.send("/join dev")  # the first in dev: its operator
+        alice.expect_event("names", room="dev")
+        self.eventually(bob, "/who dev", "names", lambda ev: ev["nicks"] == ["alice"])
+        bob.send("/join dev")
+        bob.expect_event("names", room="dev")
+        alice.expect_event("join", room="dev", nick="bob")
+
+        alice.send("/topic dev set on a")
+        topic = bob.expect_event("topic", room="dev")
+        self.assertEqual((topic["topic"], topic["by"]), ("set on a", "alice"))
+        bob.send("/topic dev")  # b holds it now, not only its event
+        self.assertEqual(bob.expect_event("topic", room="dev")["topic"], "set on a")
+        bob.send("/topic dev from b")
+        self.assertEqual(bob.expect_event("error")["code"], "not-operator")  # locked
+
+        alice.send("/set dev moderated on")
+        mode = bob.expect_event("mode", room="dev", mode="moderated")
+        self.assertEqual((mode["on"], mode["by"]), (True, "alice"))
+        bob.send("/say dev hush")
+        self.assertEqual(bob.expect_event("error")["code"], "moderated")
+
+        # An operator on a makes bob (on b) an operator: b does it.
+        alice.send("/op dev bob")
+        self.assertEqual(bob.expect_event("mode", room="dev", mode="op")["nick"], "bob")
+        self.assertEqual(alice.expect_event("mode", room="dev", mode="op")["nick"], "bob")
+        bob.send("/say dev now I may")
+        self.assertEqual(alice.expect_event("message", room="dev")["text"], "now I may")
+
+        # Kicks, both ways.
+        carol = self.client(b, "carol")
+        carol.send("/join dev")
+        carol.expect_event("names", room="dev")
+        alice.expect_event("join", room="dev", nick="carol")
+        alice.send("/kick dev carol out")
+        kick = carol.expect_event("kick", room="dev")
+        self.assertEqual((kick["nick"], kick["by"], kick["reason"]), ("carol", "alice", "out"))
+        self.assertEqual(alice.expect_event("kick", room="dev")["nick"], "carol")
+        self.eventually(alice, "/who dev", "names",
+                        lambda ev: sorted(ev["nicks"]) == ["alice", "bob"])
+
+        # A ban set on a for a member of b holds on b (and everywhere).
+        dave = self.client(b, "dave")
+        dave.send("/join dev")
+        dave.expect_event("names", room="dev")
+        self.eventually(alice, "/who dev", "names", lambda ev: "dave" in ev["nicks"])
+        alice.send("/ban dev dave")
+        self.assertEqual(alice.expect_event("mode", room="dev", mode="ban")["nick"], "dave")
+        dave.send("/part dev")
+        dave.expect_event("part", room="dev")
+        dave.send("/join dev")
+        self.assertEqual(dave.expect_event("error")["code"], "banned")
+
+        bob.send("/kick dev alice bye")
+        kick = alice.expect_event("kick", room="dev")
+        self.assertEqual((kick["nick"], kick["by"]), ("alice", "bob"))

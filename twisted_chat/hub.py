@@ -613,6 +613,8 @@ class Hub:
 
     def _join(self, member: Member, room: Room, key: Optional[str]) -> None:
         first = not room.members
+        if first and self.cluster is not None and self.cluster.nicks(room.key):
+            first = False  # its first members are on other servers
         if first and room.key != self.default_key and not room.op_accounts:
             # The first to come to a room nobody runs runs it.
             if member.account is not None:
@@ -756,10 +758,18 @@ class Hub:
             raise ChatError("not-operator", f"only operators of {room.name} set its topic")
         room.topic, room.topic_by, room.topic_t = text, member.nick, self.clock()
         self._save(room)
-        self._broadcast(room, self._topic_event(room))
+        event = self._topic_event(room)
+        if self.cluster is not None:
+            self.cluster.room_event(room, event)
+        self._broadcast(room, event)
 
     def op(self, member: Member, name: str, nick: str, on: bool = True) -> None:
         room, target = self._operate(member, name, nick)
+        if target is None:
+            return self.cluster.act("op", room, nick, member.nick, on)
+        self._op(member.nick, room, target, on)
+
+    def _op(self, by: str, room: Room, target: Member, on: bool) -> None:
         if on:
             if target.account is not None:
                 room.op_accounts.add(target.account)
@@ -774,25 +784,35 @@ class Hub:
                 self._save(room)
             if not self.is_op(target, room):  # an admin stays one
                 room.ops.pop(target, None)
-        self._mode(member, room, "op", on, nick=target.nick)
+        self._mode(by, room, "op", on, nick=target.nick)
 
     def deop(self, member: Member, name: str, nick: str) -> None:
         self.op(member, name, nick, on=False)
 
     def voice(self, member: Member, name: str, nick: str, on: bool = True) -> None:
         room, target = self._operate(member, name, nick)
+        if target is None:
+            return self.cluster.act("voice", room, nick, member.nick, on)
+        self._voice(member.nick, room, target, on)
+
+    def _voice(self, by: str, room: Room, target: Member, on: bool) -> None:
         if on:
             room.voiced[target] = None
         else:
             room.voiced.pop(target, None)
-        self._mode(member, room, "voice", on, nick=target.nick)
+        self._mode(by, room, "voice", on, nick=target.nick)
 
     def devoice(self, member: Member, name: str, nick: str) -> None:
         self.voice(member, name, nick, on=False)
 
     def kick(self, member: Member, name: str, nick: str, reason: Optional[str] = None) -> None:
         room, target = self._operate(member, name, nick)
-        fields = {"room": room.name, "nick": target.nick, "by": member.nick,
+        if target is None:
+            return self.cluster.act("kick", room, nick, member.nick, reason)
+        self._kick(member.nick, room, target, reason)
+
+    def _kick(self, by: str, room: Room, target: Member, reason: Optional[str]) -> None:
+        fields = {"room": room.name, "nick": target.nick, "by": by,
                   "reason": reason or ""}
         event = Event.timed("kick", self.clock(), ts=None, **fields)
         if self.cluster is not None:
@@ -814,7 +834,12 @@ class Hub:
             return
         target = self.members.get(fold(nick))
         if target is None:
+            if self.cluster is not None and self.cluster.holder(fold(nick)) is not None:
+                return self.cluster.act("ban", room, nick, member.nick, None)
             raise ChatError("no-such-nick", f"nobody is called {nick}")
+        self._ban(member.nick, room, target)
+
+    def _ban(self, by: str, room: Room, target: Member) -> None:
         if target.account is not None:
             entry = f"account:{target.account}"
         elif target.host is not None:
@@ -823,9 +848,9 @@ class Hub:
             raise ChatError("usage", f"{target.nick} has neither an account nor an address "
                             "to ban")
         if not any(b[0] == entry for b in room.bans):
-            room.bans.append((entry, target.nick, member.nick, self.clock()))
+            room.bans.append((entry, target.nick, by, self.clock()))
             self._save(room)
-        self._mode(member, room, "ban", True, nick=target.nick)
+        self._mode(by, room, "ban", True, nick=target.nick)
 
     def unban(self, member: Member, name: str, entry: str) -> None:
         room = self._existing(name)
@@ -834,7 +859,7 @@ class Hub:
             if ban[0] == entry:
                 del room.bans[i]
                 self._save(room)
-                self._mode(member, room, "ban", False, nick=ban[1])
+                self._mode(member.nick, room, "ban", False, nick=ban[1])
                 return
         raise ChatError("no-such-ban", f"{room.name} has no ban {entry}")
 
@@ -864,7 +889,8 @@ class Hub:
         fields = {}
         if flag == "limit" and value is not None:
             fields["value"] = value
-        self._mode(member, room, flag, value is not None and value is not False, **fields)
+        self._mode(member.nick, room, flag, value is not None and value is not False,
+                   **fields)
 
     def flags(self, member: Member, name: str) -> None:
         room = self._existing(name)
@@ -894,6 +920,10 @@ class Hub:
         self._require_op(member, room)
         target = self.members.get(fold(nick))
         if target is None:
+            if self.cluster is not None and self.cluster.holder(fold(nick)) is not None:
+                if fold(nick) not in map(fold, self.cluster.nicks(room.key)):
+                    raise ChatError("not-in-room", f"{nick} is not in {room.name}")
+                return room, None  # on another server: the caller asks it to act
             raise ChatError("no-such-nick", f"nobody is called {nick}")
         if room not in target.rooms:
             raise ChatError("not-in-room", f"{target.nick} is not in {room.name}")
@@ -927,9 +957,12 @@ class Hub:
             raise ChatError("not-in-room", f"you are not in {room.name}")
         return room
 
-    def _mode(self, member: Member, room: Room, mode: str, on: bool, **fields) -> None:
-        self._broadcast(room, Event.timed("mode", self.clock(), room=room.name, by=member.nick,
-                                          ts=None, mode=mode, on=on, **fields))
+    def _mode(self, by: str, room: Room, mode: str, on: bool, **fields) -> None:
+        event = Event.timed("mode", self.clock(), room=room.name, by=by, ts=None, mode=mode,
+                            on=on, **fields)
+        if self.cluster is not None:
+            self.cluster.room_event(room, event)
+        self._broadcast(room, event)
 
     def _names(self, room: Room) -> Event:
         nicks = room.nicks()
@@ -949,6 +982,8 @@ class Hub:
             self.saved.pop(room.key, None)
         else:
             self.saved[room.key] = record
+        if self.cluster is not None:
+            self.cluster.saved(record)
 
         def failed(failure):
             log.error("rooms: saving {room} failed: {error}", room=room.key,
@@ -1004,6 +1039,45 @@ class Hub:
         else:
             self._to_rooms(rooms, event)
 
+    def remote_room(self, record: RoomRecord) -> None:
+        """Another server saved a room's lasting state: it holds here too
+        (its event, if any, comes by remote_event)."""
+        if is_default(record):
+            self.saved.pop(record.key, None)
+        else:
+            self.saved[record.key] = record
+        room = self.rooms.get(record.key)
+        if room is None:
+            return
+        room.topic, room.topic_by, room.topic_t = record.topic, record.topic_by, record.topic_t
+        room.topic_lock, room.moderated = record.topic_lock, record.moderated
+        room.invite_only, room.password, room.limit = (record.invite_only, record.password,
+                                                       record.limit)
+        room.op_accounts = set(record.ops)
+        room.bans = list(record.bans)
+        for m in room.members:  # operators by account, as the record says now
+            if self.is_op(m, room):
+                room.ops[m] = None
+            else:
+                room.ops.pop(m, None)
+
+    def remote_act(self, action: str, key: str, nick: str, by: str, arg) -> None:
+        """An operator on another server acts on ``nick``, a member here
+        (its server checked that it may)."""
+        room = self.rooms.get(key)
+        target = self.members.get(fold(nick))
+        if room is None or target is None or room not in target.rooms:
+            return
+        if action == "kick":
+            self._kick(by, room, target, arg)
+        elif action == "op":
+            self._op(by, room, target, arg)
+        elif action == "voice":
+            self._voice(by, room, target, arg)
+        elif action == "ban":
+            self._ban(by, room, target)
+
+    # -- history ---------------------------------------------------------------
 
     def history_page(self, member: Member, room: Optional[str] = None,
                      limit: Optional[int] = None, before: Optional[int] = None) -> None:

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from ..commands import fold
 from ..events import Event
+from ..history.interface import RoomRecord
 
 log = Logger()
 
@@ -150,6 +151,19 @@ class Members:
             self.publish(["quit", member.nick, _wire(event)])
         self._release(member.nick)
 
+    def room_event(self, room, event: Event) -> None:
+        """A topic or mode change in ``room``: its members elsewhere hear it."""
+        self.publish(["ev", room.key, _wire(event)])
+
+    def saved(self, record: RoomRecord) -> None:
+        """A room's lasting state changed here: it changes everywhere."""
+        self.publish(["room", list(record)])
+
+    def act(self, action: str, room, nick: str, by: str, arg) -> None:
+        """An operator here acts (kick, op, voice, ban) on ``nick``, a
+        member of another server: that server does it."""
+        self.publish(["act", action, room.key, nick, by, arg])
+
     def state(self) -> dict:
         """This server's membership: nick -> [[room key, room name], ...]."""
         return {m.nick: [[r.key, r.name] for r in m.rooms]
@@ -253,6 +267,17 @@ class Members:
         for key in entry[1]:
             self._unindex(key, fold(nick))
         self.hub.remote_event(list(entry[1]), _event(event))
+
+    def _on_ev(self, server, key, event):
+        self.hub.remote_event([key], _event(event))
+
+    def _on_room(self, server, fields):
+        fields[10] = tuple(fields[10])  # ops
+        fields[11] = tuple(tuple(ban) for ban in fields[11])  # bans
+        self.hub.remote_room(RoomRecord(*fields))
+
+    def _on_act(self, server, action, key, nick, by, arg):
+        self.hub.remote_act(action, key, nick, by, arg)
 
     # -- bookkeeping ------------------------------------------------------------------
 
