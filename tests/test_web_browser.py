@@ -156,7 +156,10 @@ def _serve_page(body):
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    # Threads: Chromium may open a connection it sends nothing on (a
+    # preconnect), which would hold a one-at-a-time server from the page.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
