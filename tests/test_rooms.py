@@ -196,6 +196,24 @@ class TopicAndModerationTests(ServerTestCase):
         alice.expect_event("pong")
 
 
+    def test_deop_takes_operator_status_away(self):
+        alice, bob = self.client("alice"), self.client("bob")
+        alice.send("/join dev")
+        alice.expect_event("names", room="dev")
+        bob.send("/join dev")
+        bob.expect_event("names", room="dev")
+        alice.send("/op dev bob", "/voice dev bob")
+        alice.expect_event("mode", mode="voice")
+        alice.send("/deop dev bob")
+        mode = bob.expect_event("mode", room="dev", mode="op", on=False)
+        self.assertEqual(mode["nick"], "bob")
+        bob.send("/kick dev alice")
+        self.assertEqual(bob.expect_event("error")["code"], "not-operator")
+        bob.send("/who dev")
+        names = bob.expect_event("names", room="dev")
+        self.assertEqual((names["ops"], names["voiced"]), (["alice"], ["bob"]))
+
+
 class KeptAcrossRestartsTests(AccountServerTestCase):
     """Accounts (alice, bob; carol is an admin) and a database file that
     outlives the server: a room's lasting state comes back after a restart."""

@@ -782,7 +782,9 @@ class Hub:
             if target.account in room.op_accounts:
                 room.op_accounts.discard(target.account)
                 self._save(room)
-            if not self.is_op(target, room):  # an admin stays one
+            # An admin stays one (room.ops itself does not count: it is
+            # what is being undone).
+            if not room.is_op_account(target.account, self):
                 room.ops.pop(target, None)
         self._mode(by, room, "op", on, nick=target.nick)
 
@@ -1056,7 +1058,7 @@ class Hub:
         room.op_accounts = set(record.ops)
         room.bans = list(record.bans)
         for m in room.members:  # operators by account, as the record says now
-            if self.is_op(m, room):
+            if m in room.op_guests or room.is_op_account(m.account, self):
                 room.ops[m] = None
             else:
                 room.ops.pop(m, None)
