@@ -448,7 +448,10 @@ class Hub:
 
     # -- nicks and accounts ----------------------------------------------------
 
-    def set_nick(self, member: Member, name: str) -> None:
+    def set_nick(self, member: Member, name: str, answered=None) -> None:
+        """Rename ``member`` to ``name``. In a cluster the rename waits for
+        the nick's claim; ``answered(ok)``, if given, is called once it is
+        known (ok False: taken elsewhere, and told to ``answered`` only)."""
         nick = valid_nick(name)
         key = fold(nick)
         holder = self.members.get(key)
@@ -459,24 +462,37 @@ class Hub:
                             "its owner logs in to use it")
         if nick == member.nick:
             self.send(member, Event("info", {"message": f"you are already {nick}"}))
+            if answered is not None:
+                answered(True)
             return
         if self.cluster is not None and key != member.key:
             # Unique across the cluster: the rename waits for the claim.
             if self.cluster.holder(key) is not None:
                 raise ChatError("nick-taken", f"the nick {nick} is taken")
-            self.cluster.claim(member, nick, self._claimed)
+            if answered is None:
+                self.cluster.claim(member, nick, self._claimed)
+            else:
+                self.cluster.claim(member, nick, lambda m, n, ok: self._claimed(m, n, ok,
+                                                                                answered))
             return
         self._rename(member, nick)
+        if answered is not None:
+            answered(True)
 
-    def _claimed(self, member: Member, nick: str, ok: bool) -> None:
+    def _claimed(self, member: Member, nick: str, ok: bool, answered=None) -> None:
         """The cluster's answer to a claim of ``nick`` for ``member``."""
         if member.gone:
             return
         holder = self.members.get(fold(nick))
         if not ok or (holder is not None and holder is not member):
-            self.send(member, error("nick-taken", f"the nick {nick} is taken"))
+            if answered is not None:
+                answered(False)
+            else:
+                self.send(member, error("nick-taken", f"the nick {nick} is taken"))
             return
         self._rename(member, nick)
+        if answered is not None:
+            answered(True)
 
     def login(self, member: Member, nick: str) -> None:
         """``member`` proved it owns the account ``nick``: it takes that nick,
@@ -486,19 +502,33 @@ class Hub:
         for room in member.rooms:  # an operator by account, or an admin, now
             if room.is_op_account(key, self) and member not in room.ops:
                 room.ops[member] = None
+                if self.cluster is not None:
+                    self.cluster.marked(member, room)
         holder = self.members.get(key)
         if holder is not None and holder is not member:
-            self._rename(holder, self._guest_nick())
-            self.send(holder, Event("info", {
-                "message": f"{nick} logged in to its account; you are now {holder.nick}"}))
+            self.yield_nick(holder, nick)
+        elif holder is None and self.cluster is not None \
+                and self.cluster.holder(key) is not None:
+            # Held on another server: that server renames its member.
+            self.cluster.act("yield", None, self.cluster.holder(key), nick, None)
         if nick != member.nick:
             self._rename(member, nick)
         else:
             self.register(member)
+        event = None
         if member.rooms:
             # Who shares a room with it learns the account (as the nick, once each).
-            self._to_rooms(list(member.rooms), Event.timed(
-                "account", self.clock(), nick=member.nick, account=key), exclude=member)
+            event = Event.timed("account", self.clock(), nick=member.nick, account=key)
+            self._to_rooms(list(member.rooms), event, exclude=member)
+        if self.cluster is not None:
+            self.cluster.account(member, event)
+
+    def yield_nick(self, holder: Member, nick: str) -> None:
+        """``holder`` loses its nick to the account ``nick`` that logged in
+        (here or on another server): it becomes a guest."""
+        self._rename(holder, self._guest_nick())
+        self.send(holder, Event("info", {
+            "message": f"{nick} logged in to its account; you are now {holder.nick}"}))
 
     def _rename(self, member: Member, nick: str) -> None:
         key = fold(nick)
@@ -525,6 +555,11 @@ class Hub:
         self._departed.append((fold(nick), nick, member.realname, member.account,
                                self.clock()))
 
+    def departed_elsewhere(self, nick: str, realname: Optional[str],
+                           account: Optional[str]) -> None:
+        """A member of another server gave ``nick`` up (WHOWAS, cluster-wide)."""
+        self._departed.append((fold(nick), nick, realname, account, self.clock()))
+
     def departed(self, nick: str, limit: int = 5) -> list:
         """Who last had ``nick`` and gave it up (renamed, or gone), newest
         first, at most ``limit`` of the last KEEP_DEPARTED: (nick, realname,
@@ -545,6 +580,8 @@ class Hub:
         to the member and to everybody who shares a room with it, once each."""
         member.realname = strip_controls(text or "").strip()[:MAX_REALNAME] or None
         if quiet:
+            if self.cluster is not None:
+                self.cluster.realname(member, None)
             return
         event = Event.timed("realname", self.clock(), nick=member.nick,
                             realname=member.realname)
@@ -552,6 +589,8 @@ class Hub:
             self._to_rooms(list(member.rooms), event)  # the member among them
         else:
             self.send(member, event)
+        if self.cluster is not None:
+            self.cluster.realname(member, event if member.rooms else None)
 
     def set_away(self, member: Member, message: Optional[str]) -> None:
         """Mark ``member`` away with ``message`` (None or blank: back again).
@@ -569,6 +608,8 @@ class Hub:
             self._to_rooms(list(member.rooms), event)  # the member among them
         else:
             self.send(member, event)
+        if changed and self.cluster is not None:
+            self.cluster.away(member, event if member.rooms else None)
 
     # -- rooms -------------------------------------------------------------------
 
@@ -602,7 +643,8 @@ class Hub:
             return
         if self._banned(member, room) is not None:
             raise ChatError("banned", f"you are banned from {room.name}")
-        invited = member in room.invited
+        invited = member in room.invited or (self.cluster is not None
+                                             and self.cluster.invited(member, room.key))
         if room.invite_only and not invited:
             raise ChatError("invite-only", f"{room.name} is invite-only: an operator can "
                             "invite you")
@@ -726,9 +768,10 @@ class Hub:
         if room is not None:
             self.send(member, self._names(room))
         else:
-            remote = self.cluster.nicks(fold(room_name)) if self.cluster is not None else []
-            self.send(member, Event("names", {"room": room_name, "nicks": remote, "ops": [],
-                                              "voiced": []}))
+            nicks, ops, voiced = (self.cluster.names(fold(room_name))
+                                  if self.cluster is not None else ([], [], []))
+            self.send(member, Event("names", {"room": room_name, "nicks": nicks, "ops": ops,
+                                              "voiced": voiced}))
 
     def list_rooms(self, member: Member) -> None:
         if self.cluster is not None:
@@ -786,6 +829,8 @@ class Hub:
             # what is being undone).
             if not room.is_op_account(target.account, self):
                 room.ops.pop(target, None)
+        if self.cluster is not None:
+            self.cluster.marked(target, room)  # before its event: names agree with it
         self._mode(by, room, "op", on, nick=target.nick)
 
     def deop(self, member: Member, name: str, nick: str) -> None:
@@ -802,6 +847,8 @@ class Hub:
             room.voiced[target] = None
         else:
             room.voiced.pop(target, None)
+        if self.cluster is not None:
+            self.cluster.marked(target, room)
         self._mode(by, room, "voice", on, nick=target.nick)
 
     def devoice(self, member: Member, name: str, nick: str) -> None:
@@ -874,7 +921,16 @@ class Hub:
             self._require_op(member, room)
         target = self.members.get(fold(nick))
         if target is None:
-            raise ChatError("no-such-nick", f"nobody is called {nick}")
+            remote = self.cluster.member(fold(nick)) if self.cluster is not None else None
+            if remote is None:
+                raise ChatError("no-such-nick", f"nobody is called {nick}")
+            if room.key in remote.rooms:
+                raise ChatError("usage", f"{remote.nick} is already in {room.name}")
+            # On another server: the invitation is recorded there, and told.
+            self.cluster.act("invite", room, remote.nick, member.nick, room.name)
+            self.send(member, Event("info", {"message": f"invited {remote.nick} to "
+                                                        f"{room.name}"}))
+            return
         if room in target.rooms:
             raise ChatError("usage", f"{target.nick} is already in {room.name}")
         room.invited.add(target)
@@ -968,11 +1024,16 @@ class Hub:
 
     def _names(self, room: Room) -> Event:
         nicks = room.nicks()
+        ops = [m.nick for m in room.ops]
+        voiced = [m.nick for m in room.voiced]
         if self.cluster is not None:
-            nicks += self.cluster.nicks(room.key)  # the other servers' members
-        return Event("names", {"room": room.name, "nicks": nicks,
-                               "ops": [m.nick for m in room.ops],
-                               "voiced": [m.nick for m in room.voiced]})
+            # The other servers' members, with their marks.
+            more, more_ops, more_voiced = self.cluster.names(room.key)
+            nicks += more
+            ops += more_ops
+            voiced += more_voiced
+        return Event("names", {"room": room.name, "nicks": nicks, "ops": ops,
+                               "voiced": voiced})
 
     def _topic_event(self, room: Room) -> Event:
         return Event.timed("topic", room.topic_t or self.clock(), room=room.name,
@@ -1058,17 +1119,32 @@ class Hub:
         room.op_accounts = set(record.ops)
         room.bans = list(record.bans)
         for m in room.members:  # operators by account, as the record says now
+            was = m in room.ops
             if m in room.op_guests or room.is_op_account(m.account, self):
                 room.ops[m] = None
             else:
                 room.ops.pop(m, None)
+            if was != (m in room.ops):
+                self.cluster.marked(m, room)
 
-    def remote_act(self, action: str, key: str, nick: str, by: str, arg) -> None:
+    def remote_act(self, action: str, key: Optional[str], nick: str, by: str, arg) -> None:
         """An operator on another server acts on ``nick``, a member here
-        (its server checked that it may)."""
-        room = self.rooms.get(key)
+        (its server checked that it may): kick, op, voice, ban, invite; or
+        ``by`` logged in there to the account whose nick ``nick`` holds
+        here (yield)."""
         target = self.members.get(fold(nick))
-        if room is None or target is None or room not in target.rooms:
+        if target is None or target.gone:
+            return
+        if action == "yield":  # ``by`` logged in to its account, whose nick this is
+            self.yield_nick(target, by)
+            return
+        room = self.rooms.get(key)
+        if action == "invite":  # ``arg``: the room's name (it may have nobody here)
+            if room is None or room not in target.rooms:
+                self.cluster.invite(target, key)
+                self.send(target, Event.timed("invite", self.clock(), room=arg, by=by))
+            return
+        if room is None or room not in target.rooms:
             return
         if action == "kick":
             self._kick(by, room, target, arg)

@@ -6,7 +6,10 @@ joins, parts, kicks, quits and renames (the very events its own members
 get, so every face renders them as it renders its own) and, when it
 subscribes, the whole of its membership (``hello``; the others answer with
 theirs, ``state``). From that each server keeps, per other server, who is
-in which rooms: ``names``, ``/who`` and ``/rooms`` list the whole cluster.
+in which rooms, with its operator and voice marks there, and what it says
+of itself (away message, real name, account): ``names``, ``/who`` and
+``/rooms`` list the whole cluster, and a member's away state, real name or
+login reaches the members of its rooms on every server, as on its own.
 
 A server publishes a heartbeat every HEARTBEAT seconds. One not heard from
 for DEAD_AFTER seconds (killed, cut off) is gone: its members quit, as far
@@ -26,6 +29,7 @@ server claims its members' nicks again.
 
 import time
 from typing import Callable, Dict, List, Optional
+from weakref import WeakKeyDictionary
 
 from twisted.logger import Logger
 
@@ -61,6 +65,29 @@ return 1
 """
 
 
+class Remote:
+    """A member of another server, as far as this one knows: what WHO,
+    WHOIS and ``names`` say of it (the faces read it as they read a
+    :class:`~twisted_chat.hub.Member`: ``nick``, ``away``, ``realname``,
+    ``account``)."""
+
+    __slots__ = ("nick", "rooms", "marks", "away", "realname", "account", "server")
+    registered = True
+
+    def __init__(self, nick: str, server: "_Server", info=None):
+        self.nick = nick
+        self.server = server
+        self.rooms: Dict[str, str] = {}  # room key -> room name
+        self.marks: Dict[str, str] = {}  # room key -> "o", "v", "ov" (absent: none)
+        info = info or {}
+        self.away = info.get("away")
+        self.realname = info.get("realname")
+        self.account = info.get("account")
+
+    def __repr__(self) -> str:
+        return f"<Remote {self.nick}>"
+
+
 class _Server:
     """What this server knows of another one."""
 
@@ -69,7 +96,7 @@ class _Server:
     def __init__(self, server_id: str, now: float):
         self.id = server_id
         self.heard = now
-        self.members: Dict[str, list] = {}  # folded nick -> [nick, {room key: name}]
+        self.members: Dict[str, Remote] = {}  # folded nick -> its member
 
 
 class Members:
@@ -86,9 +113,12 @@ class Members:
         self.clock = clock
         self.now = now
         self.servers: Dict[str, _Server] = {}
-        self.rooms_index: Dict[str, Dict[str, str]] = {}  # room key -> {nick key: nick}
+        self.rooms_index: Dict[str, Dict[str, Remote]] = {}  # room key -> {nick key: member}
         self.room_names: Dict[str, str] = {}
-        self.holders: Dict[str, str] = {}  # folded nick -> nick, of other servers
+        self.holders: Dict[str, Remote] = {}  # folded nick -> member, of other servers
+        # Invitations of this server's members by operators of other servers
+        # (room keys), until they join or go: the room may have nobody here.
+        self.invites: "WeakKeyDictionary" = WeakKeyDictionary()
         self._judging_from = now()  # no server is judged gone before this
         hub.cluster = self
         # Guests are guest<tag>-N: unique across the cluster without a claim.
@@ -98,11 +128,38 @@ class Members:
 
     def holder(self, key: str) -> Optional[str]:
         """The nick of another server's member whose folded nick is ``key``."""
+        remote = self.holders.get(key)
+        return remote.nick if remote is not None else None
+
+    def member(self, key: str) -> Optional[Remote]:
+        """Another server's member whose folded nick is ``key``."""
         return self.holders.get(key)
 
     def nicks(self, room_key: str) -> List[str]:
         members = self.rooms_index.get(room_key)
+        return [r.nick for r in members.values()] if members else []
+
+    def members_of(self, room_key: str) -> List[Remote]:
+        members = self.rooms_index.get(room_key)
         return list(members.values()) if members else []
+
+    def names(self, room_key: str):
+        """The other servers' members of a room: (nicks, operators, voiced)."""
+        nicks, ops, voiced = [], [], []
+        for r in self.rooms_index.get(room_key, {}).values():
+            nicks.append(r.nick)
+            marks = r.marks.get(room_key)
+            if marks:
+                if "o" in marks:
+                    ops.append(r.nick)
+                if "v" in marks:
+                    voiced.append(r.nick)
+        return nicks, ops, voiced
+
+    def invited(self, member, room_key: str) -> bool:
+        """Whether an operator of another server invited ``member`` to the room."""
+        keys = self.invites.get(member)
+        return keys is not None and room_key in keys
 
     def rooms(self) -> dict:
         return {key: [self.room_names.get(key, key), len(members)]
@@ -135,7 +192,39 @@ class Members:
                 lambda f: None)
 
     def joined(self, member, room, event: Event) -> None:
-        self.publish(["join", member.nick, room.key, room.name, _wire(event)])
+        keys = self.invites.get(member)
+        if keys is not None:
+            keys.discard(room.key)
+        self.publish(["join", member.nick, room.key, room.name, _wire(event),
+                      _marks(member, room), _info(member)])
+
+    def marked(self, member, room) -> None:
+        """``member``'s operator or voice mark in ``room`` may have changed."""
+        if member.registered and room in member.rooms:
+            self.publish(["marks", member.nick, room.key, _marks(member, room)])
+
+    def away(self, member, event: Optional[Event]) -> None:
+        """``member`` went away or came back (``event`` None: nobody to tell)."""
+        if member.registered:
+            self.publish(["away", member.nick, member.away, _wire(event) if event else None])
+
+    def realname(self, member, event: Optional[Event]) -> None:
+        if member.registered:
+            self.publish(["realname", member.nick, member.realname,
+                          _wire(event) if event else None])
+
+    def account(self, member, event: Optional[Event]) -> None:
+        """``member`` logged in (``event``: what its rooms' members hear)."""
+        if member.registered:
+            self.publish(["account", member.nick, member.account,
+                          _wire(event) if event else None])
+
+    def invite(self, member, room_key: str) -> None:
+        """An operator of another server invited ``member`` (of this one)."""
+        keys = self.invites.get(member)
+        if keys is None:
+            keys = self.invites[member] = set()
+        keys.add(room_key)
 
     def left(self, member, room, event: Event) -> None:
         self.publish(["part", member.nick, room.key, _wire(event)])
@@ -145,6 +234,7 @@ class Members:
         self._release(old)
 
     def gone(self, member, reason: str) -> None:
+        self.invites.pop(member, None)
         if member.registered:
             event = Event.timed("quit", self.hub.clock(), nick=member.nick, ts=None,
                                 reason=reason)
@@ -160,13 +250,16 @@ class Members:
         self.publish(["room", list(record)])
 
     def act(self, action: str, room, nick: str, by: str, arg) -> None:
-        """An operator here acts (kick, op, voice, ban) on ``nick``, a
-        member of another server: that server does it."""
-        self.publish(["act", action, room.key, nick, by, arg])
+        """An operator here acts (kick, op, voice, ban, invite) on ``nick``,
+        a member of another server, or a member here logged in to the
+        account whose nick ``nick`` holds there (yield, no room): that
+        server does it."""
+        self.publish(["act", action, room.key if room is not None else None, nick, by, arg])
 
     def state(self) -> dict:
-        """This server's membership: nick -> [[room key, room name], ...]."""
-        return {m.nick: [[r.key, r.name] for r in m.rooms]
+        """This server's membership: nick -> [[[room key, room name, marks],
+        ...], info] (info: away, realname, account, those it has)."""
+        return {m.nick: [[[r.key, r.name, _marks(m, r)] for r in m.rooms], _info(m)]
                 for m in self.hub.members.values() if m.registered and not m.gone}
 
     # -- the link's news -------------------------------------------------------------
@@ -231,42 +324,81 @@ class Members:
     def _on_state(self, server, state):
         self._replace(server, state)
 
-    def _on_join(self, server, nick, key, name, event):
-        entry = server.members.get(fold(nick))
-        if entry is None:
-            entry = server.members[fold(nick)] = [nick, {}]
-            self.holders[fold(nick)] = nick
-        entry[1][key] = name
-        self.rooms_index.setdefault(key, {})[fold(nick)] = nick
+    def _on_join(self, server, nick, key, name, event, marks="", info=None):
+        remote = server.members.get(fold(nick))
+        if remote is None:
+            remote = server.members[fold(nick)] = Remote(nick, server, info)
+            self.holders[fold(nick)] = remote
+        remote.rooms[key] = name
+        if marks:
+            remote.marks[key] = marks
+        self.rooms_index.setdefault(key, {})[fold(nick)] = remote
         self.room_names.setdefault(key, name)
         self.hub.remote_event([key], _event(event), nick, True)
+        if remote.away is not None:
+            # The room learns that the joiner is away, as its own server's do.
+            self.hub.remote_event([key], Event.timed("away", self.hub.clock(), nick=nick,
+                                                     message=remote.away))
 
     def _on_part(self, server, nick, key, event):
-        entry = server.members.get(fold(nick))
-        if entry is not None:
-            entry[1].pop(key, None)
+        remote = server.members.get(fold(nick))
+        if remote is not None:
+            remote.rooms.pop(key, None)
+            remote.marks.pop(key, None)
         self._unindex(key, fold(nick))
         self.hub.remote_event([key], _event(event), nick, False)
 
     def _on_nick(self, server, old, new, event):
-        entry = server.members.pop(fold(old), None)
-        self.holders.pop(fold(old), None)
-        rooms = entry[1] if entry is not None else {}
-        server.members[fold(new)] = [new, rooms]
-        self.holders[fold(new)] = new
-        for key in rooms:
+        remote = server.members.pop(fold(old), None)
+        if remote is None:
+            remote = Remote(new, server)
+        else:
+            self._unhold(fold(old), remote)
+            self.hub.departed_elsewhere(old, remote.realname, remote.account)
+        remote.nick = new
+        server.members[fold(new)] = remote
+        self.holders[fold(new)] = remote
+        for key in remote.rooms:
             self._unindex(key, fold(old))
-            self.rooms_index.setdefault(key, {})[fold(new)] = new
-        self.hub.remote_event(list(rooms), _event(event))
+            self.rooms_index.setdefault(key, {})[fold(new)] = remote
+        self.hub.remote_event(list(remote.rooms), _event(event))
 
     def _on_quit(self, server, nick, event):
-        entry = server.members.pop(fold(nick), None)
-        self.holders.pop(fold(nick), None)
-        if entry is None:
+        remote = server.members.pop(fold(nick), None)
+        if remote is None:
             return
-        for key in entry[1]:
+        self._unhold(fold(nick), remote)
+        self.hub.departed_elsewhere(remote.nick, remote.realname, remote.account)
+        for key in remote.rooms:
             self._unindex(key, fold(nick))
-        self.hub.remote_event(list(entry[1]), _event(event))
+        self.hub.remote_event(list(remote.rooms), _event(event))
+
+    def _on_marks(self, server, nick, key, marks):
+        remote = server.members.get(fold(nick))
+        if remote is not None and key in remote.rooms:
+            if marks:
+                remote.marks[key] = marks
+            else:
+                remote.marks.pop(key, None)
+
+    def _on_away(self, server, nick, message, event):
+        self._said(server, nick, "away", message, event)
+
+    def _on_realname(self, server, nick, realname, event):
+        self._said(server, nick, "realname", realname, event)
+
+    def _on_account(self, server, nick, account, event):
+        self._said(server, nick, "account", account, event)
+
+    def _said(self, server, nick, attr, value, event):
+        """A member of ``server`` changed what it says of itself: its rooms'
+        members here hear ``event`` (if any), as its own server's do."""
+        remote = server.members.get(fold(nick))
+        if remote is None:
+            return
+        setattr(remote, attr, value)
+        if event is not None and remote.rooms:
+            self.hub.remote_event(list(remote.rooms), _event(event))
 
     def _on_ev(self, server, key, event):
         self.hub.remote_event([key], _event(event))
@@ -286,29 +418,44 @@ class Members:
         server has nobody yet; one coming back from a Redis outage has the
         same people, mostly)."""
         self._forget(server)
-        for nick, rooms in state.items():
+        for nick, (rooms, info) in state.items():
             key = fold(nick)
-            server.members[key] = [nick, {k: name for k, name in rooms}]
-            self.holders[key] = nick
-            for room_key, name in rooms:
-                self.rooms_index.setdefault(room_key, {})[key] = nick
+            remote = server.members[key] = Remote(nick, server, info)
+            self.holders[key] = remote
+            for room_key, name, marks in rooms:
+                remote.rooms[room_key] = name
+                if marks:
+                    remote.marks[room_key] = marks
+                self.rooms_index.setdefault(room_key, {})[key] = remote
                 self.room_names.setdefault(room_key, name)
 
     def _forget(self, server):
-        for key, (nick, rooms) in server.members.items():
-            if self.holders.get(key) == nick:
-                del self.holders[key]
-            for room_key in rooms:
+        members, server.members = server.members, {}
+        for key, remote in members.items():
+            self._unhold(key, remote)
+            for room_key in remote.rooms:
                 self._unindex(room_key, key)
-        server.members = {}
 
     def _drop(self, server):
         del self.servers[server.id]
         t = self.hub.clock()
-        for key, (nick, rooms) in list(server.members.items()):
-            self.hub.remote_event(list(rooms), Event.timed(
-                "quit", t, nick=nick, ts=None, reason="server gone"))
+        for remote in list(server.members.values()):
+            self.hub.departed_elsewhere(remote.nick, remote.realname, remote.account)
+            self.hub.remote_event(list(remote.rooms), Event.timed(
+                "quit", t, nick=remote.nick, ts=None, reason="server gone"))
         self._forget(server)
+
+    def _unhold(self, key, remote):
+        """``remote`` no longer holds the nick ``key``; another server's
+        member may still (one logged in to its account while the other's
+        rename was on its way)."""
+        if self.holders.get(key) is remote:
+            del self.holders[key]
+            for server in self.servers.values():
+                other = server.members.get(key)
+                if other is not None:
+                    self.holders[key] = other
+                    break
 
     def _unindex(self, room_key, nick_key):
         members = self.rooms_index.get(room_key)
@@ -316,6 +463,21 @@ class Members:
             members.pop(nick_key, None)
             if not members:
                 del self.rooms_index[room_key]
+
+
+def _marks(member, room) -> str:
+    """A member's marks in a room, as ``names`` shows them: o (operator), v."""
+    return ("o" if member in room.ops else "") + ("v" if member in room.voiced else "")
+
+
+def _info(member) -> dict:
+    """What a member says of itself, those it has (for the other servers)."""
+    info = {}
+    for attr in ("away", "realname", "account"):
+        value = getattr(member, attr)
+        if value is not None:
+            info[attr] = value
+    return info
 
 
 def _wire(event: Event) -> list:
@@ -326,4 +488,4 @@ def _event(wire) -> Event:
     return Event(wire[0], dict(wire[1]))
 
 
-__all__ = ["Members", "HEARTBEAT", "DEAD_AFTER"]
+__all__ = ["Members", "Remote", "HEARTBEAT", "DEAD_AFTER"]

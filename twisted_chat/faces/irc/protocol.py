@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from ... import __version__, fanout, limits
 from ... import commands as names
+from ...cluster.members import Remote
 from ...delivery.outlet import Outlet
 from ...delivery.turn import Turn
 from ...errors import ChatError
@@ -153,6 +154,7 @@ class IRCProtocol(Protocol):
         self.sasl = None  # "PLAIN" while an AUTHENTICATE exchange is under way
         self._sasl_buffer = ""
         self._login_pending = False
+        self._claiming = None  # the nick asked for, while claimed across the cluster
         self._guest_nick = None
         self._invites = 0  # the hub's "invited ..." notices RPL_INVITING replaces
         self._batch = None  # (id, room) of the history batch open
@@ -635,7 +637,8 @@ class IRCProtocol(Protocol):
 
     def _try_register(self):
         if (self.registered or self.cap_negotiating or self.user is None
-                or self.wanted_nick is None or self._login_pending or self.closing):
+                or self.wanted_nick is None or self._login_pending
+                or self._claiming is not None or self.closing):
             return
         hub, member = self.factory.hub, self.member
         if self.password is not None and member.account is None and self.factory.accounts:
@@ -648,8 +651,15 @@ class IRCProtocol(Protocol):
         if member.account is None:
             try:
                 if self.wanted_nick != member.nick:
+                    if getattr(hub, "cluster", None) is not None:
+                        # The welcome waits for the nick's claim across the
+                        # cluster: 001 names the nick asked for, or 433 comes first.
+                        self._claiming = self.wanted_nick
+                        hub.set_nick(member, self.wanted_nick, self._claim_answered)
+                        return
                     hub.set_nick(member, self.wanted_nick)
             except ChatError as e:
+                self._claiming = None
                 self._chat_error(e, "NICK", [self.wanted_nick])
                 self.wanted_nick = None
                 return
@@ -680,6 +690,19 @@ class IRCProtocol(Protocol):
             self._notice("this server has no guests: log in with SASL PLAIN or "
                          "PASS account:password")
         log.info("irc registered {peer} as {nick}", peer=self.peer, nick=member.nick)
+
+    def _claim_answered(self, ok):
+        """The cluster's answer to the claim of the nick asked for before
+        registering: welcomed under it, or ERR_NICKNAMEINUSE."""
+        nick, self._claiming = self._claiming, None
+        if self.closing or self.member is None:
+            return
+        if not ok:
+            if self.wanted_nick == nick:
+                self.wanted_nick = None
+            self._chat_error(ChatError("nick-taken", f"the nick {nick} is taken"), "NICK",
+                             [nick])
+        self._try_register()
 
     def _welcome(self):
         f, hub = self.factory, self.factory.hub
@@ -827,7 +850,7 @@ class IRCProtocol(Protocol):
                     hub.say(member, text, room=target[1:], action=action)
                 else:
                     hub.private(member, target, f"* {member.nick} {text}" if action else text)
-                    away = None if notice else hub.members.get(names.fold(target))
+                    away = None if notice else self._anyone(target)
                     if away is not None and away.away:
                         self._send_numeric("RPL_AWAY", away.nick, away.away)
             except ChatError as e:
@@ -898,7 +921,7 @@ class IRCProtocol(Protocol):
             if e.code == "usage" and "already in" in e.message:
                 return self._send_numeric("ERR_USERONCHANNEL", nick, target, e.message)
             raise
-        holder = hub.members.get(names.fold(nick))
+        holder = self._anyone(nick)
         self._send_numeric("RPL_INVITING", holder.nick if holder else nick, target)
 
     def irc_MODE(self, params, msg):
@@ -1010,28 +1033,50 @@ class IRCProtocol(Protocol):
 
     # -- users ---------------------------------------------------------------------
 
-    def _who_line(self, room_name, m, room=None):
+    def _anyone(self, nick):
+        """The member called ``nick``, registered, on this server or (a
+        :class:`~twisted_chat.cluster.members.Remote`) another of the
+        cluster; None if nobody is."""
+        hub = self.factory.hub
+        key = names.fold(nick)
+        m = hub.members.get(key)
+        if m is not None:
+            return m if getattr(m, "registered", True) else None
+        cluster = getattr(hub, "cluster", None)
+        return cluster.member(key) if cluster is not None else None
+
+    def _who_line(self, room_name, m, marks=""):
         r = self.factory.renderer
         flags = "G" if getattr(m, "away", None) else "H"
-        if room is not None:
-            if self.factory.hub.is_op(m, room):
-                flags += "@"
-            if m in room.voiced and ("multi-prefix" in self.caps or len(flags) == 1):
-                flags += "+"
+        if "o" in marks:
+            flags += "@"
+        if "v" in marks and ("multi-prefix" in self.caps or len(flags) == 1):
+            flags += "+"
         self._send_numeric("RPL_WHOREPLY", room_name, m.nick, r.host, r.server, m.nick, flags,
                            f"0 {_realname(m)}")
+
+    def _marks(self, m, room):
+        """A local member's marks in ``room``: o (operator), v (voiced)."""
+        return ("o" if self.factory.hub.is_op(m, room) else "") + \
+            ("v" if m in room.voiced else "")
 
     def irc_WHO(self, params, msg):
         hub = self.factory.hub
         mask = params[0] if params else "*"
+        cluster = getattr(hub, "cluster", None)
         if mask.startswith("#"):
-            room = hub.rooms.get(names.fold(mask[1:]))
+            key = names.fold(mask[1:])
+            room = hub.rooms.get(key)
+            ch = channel(room.name) if room is not None else mask
             if room is not None:
                 for m in list(room.members):
-                    self._who_line(channel(room.name), m, room)
+                    self._who_line(ch, m, self._marks(m, room))
+            if cluster is not None:  # the other servers' members of the room
+                for m in cluster.members_of(key):
+                    self._who_line(ch, m, m.marks.get(key, ""))
         else:
-            m = hub.members.get(names.fold(mask))
-            if m is not None and getattr(m, "registered", True):
+            m = self._anyone(mask)
+            if m is not None:
                 self._who_line("*", m)
         self._send_numeric("RPL_ENDOFWHO", mask, "End of /WHO list")
 
@@ -1040,15 +1085,21 @@ class IRCProtocol(Protocol):
             return self._send_numeric("ERR_NONICKNAMEGIVEN", "No nickname given")
         hub, r = self.factory.hub, self.factory.renderer
         nick = params[-1]
-        m = hub.members.get(names.fold(nick))
-        if m is None or not getattr(m, "registered", True):
+        m = self._anyone(nick)
+        if m is None:
             self._send_numeric("ERR_NOSUCHNICK", nick, "No such nick/channel")
             return self._send_numeric("RPL_ENDOFWHOIS", nick, "End of /WHOIS list")
         self._send_numeric("RPL_WHOISUSER", m.nick, m.nick, r.host, "*", _realname(m))
         rooms = []
-        for room in m.rooms:
-            prefix = "@" if hub.is_op(m, room) else "+" if m in room.voiced else ""
-            rooms.append(prefix + channel(room.name))
+        if isinstance(m, Remote):  # a member of another server
+            for key, name in m.rooms.items():
+                marks = m.marks.get(key, "")
+                prefix = "@" if "o" in marks else "+" if "v" in marks else ""
+                rooms.append(prefix + channel(name))
+        else:
+            for room in m.rooms:
+                prefix = "@" if hub.is_op(m, room) else "+" if m in room.voiced else ""
+                rooms.append(prefix + channel(room.name))
         if rooms:
             self._send_numeric("RPL_WHOISCHANNELS", m.nick, " ".join(rooms))
         self._send_numeric("RPL_WHOISSERVER", m.nick, r.server, hub.server_name)
@@ -1094,20 +1145,19 @@ class IRCProtocol(Protocol):
         self._send_numeric("RPL_ENDOFWHOWAS", nick, "End of WHOWAS")
 
     def irc_ISON(self, params, msg):
-        hub = self.factory.hub
         found = []
         for word in " ".join(params).split():
-            m = hub.members.get(names.fold(word))
-            if m is not None and getattr(m, "registered", True):
+            m = self._anyone(word)
+            if m is not None:
                 found.append(m.nick)
         self._send_numeric("RPL_ISON", " ".join(found))
 
     def irc_USERHOST(self, params, msg):
-        hub, r = self.factory.hub, self.factory.renderer
+        r = self.factory.renderer
         replies = []
         for nick in params[:5]:
-            m = hub.members.get(names.fold(nick))
-            if m is not None and getattr(m, "registered", True):
+            m = self._anyone(nick)
+            if m is not None:
                 replies.append(f"{m.nick}=+{m.nick}@{r.host}")
         self._send_numeric("RPL_USERHOST", " ".join(replies))
 
