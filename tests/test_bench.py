@@ -4,6 +4,7 @@ These check that the load generator counts and times deliveries correctly
 (no speed is asserted here: speed is measured only by the benchmark itself).
 """
 
+import argparse
 import io
 import math
 import json
@@ -11,6 +12,7 @@ import os
 import socket
 import tempfile
 from contextlib import redirect_stdout
+from unittest import mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -248,6 +250,46 @@ class CommandLineTests(SynchronousTestCase):
             cli.report("irc", sc, {"ours": result("ours", 1000.0),
                                    "irc": result("irc", irc_rate)}, lines.append)
             self.assertIn(f"  RATIO irc/line max sustained deliveries/s: {verdict}", lines)
+
+    def test_a_sweep_bisects_each_servers_last_interval(self):
+        """After the x1.5 steps, each server's interval between its best
+        passing and its first failing rate is bisected --refine times, so a
+        max sustained rate (and a ratio of two) is not quantised to 1.5x."""
+        limits = {"ours": 130.0, "bare": 200.0}  # what each fake server sustains
+
+        class Fake(cli.Subject):
+            def setup(self):
+                self.active = True
+
+            def step(self, rate, duration):
+                ok = rate <= limits[self.kind]
+                self.result["steps"].append({"rate": rate, "ok": ok})
+                self.active = ok
+                self.note(rate, ok)
+                return ok
+
+            def close(self):
+                pass
+
+        args = argparse.Namespace(retries=0, refine=2, factor=1.5, max_rate=1e6,
+                                  duration=1.0)
+        sc = dict(sweep=True, rate=100.0)
+        with mock.patch.object(cli, "Subject", Fake):
+            results = cli.measure(["ours", "bare"], sc, args, lambda line: None)
+        ours = [s["rate"] for s in results["ours"]["steps"]]
+        # 100 passes, 150 fails; then sqrt(100*150) = 122.5 passes, then
+        # sqrt(122.5*150) = 135.5 fails: the best is within 11 % of 130.
+        self.assertEqual([round(r, 1) for r in ours], [100.0, 122.5, 135.5, 150.0])
+        best = max(s["rate"] for s in results["ours"]["steps"] if s["ok"])
+        self.assertAlmostEqual(best, 122.47, places=2)
+        bare = [round(s["rate"], 1) for s in results["bare"]["steps"]]
+        # 100, 150 pass, 225 fails; then 183.7 passes, 203.3 fails.
+        self.assertEqual(bare, [100.0, 150.0, 183.7, 203.3, 225.0])
+        # No refinement asked: the plain x1.5 sweep.
+        args.refine = 0
+        with mock.patch.object(cli, "Subject", Fake):
+            results = cli.measure(["ours"], sc, args, lambda line: None)
+        self.assertEqual([s["rate"] for s in results["ours"]["steps"]], [100.0, 150.0])
 
     def run_custom(self, extra, kinds=("ours", "bare")):
         fd, path = tempfile.mkstemp(suffix=".json")
