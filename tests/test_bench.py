@@ -190,6 +190,18 @@ class CompilerMissingTests(SynchronousTestCase):
             cgen.CLoadGenerator(members=2, senders=1)
 
 
+class _Stub:
+    """A generator's and a server's place, for sweeps of fake subjects."""
+
+    def close(self):
+        pass
+
+    stop = close
+
+    def status(self, field):
+        return None
+
+
 class CommandLineTests(SynchronousTestCase):
     def test_custom_scenario_reports_ratios_and_json(self):
         self.run_custom([])
@@ -259,6 +271,7 @@ class CommandLineTests(SynchronousTestCase):
 
         class Fake(cli.Subject):
             def setup(self):
+                self.gen, self.server = _Stub(), _Stub()
                 self.active = True
 
             def step(self, rate, duration):
@@ -290,6 +303,43 @@ class CommandLineTests(SynchronousTestCase):
         with mock.patch.object(cli, "Subject", Fake):
             results = cli.measure(["ours"], sc, args, lambda line: None)
         self.assertEqual([s["rate"] for s in results["ours"]["steps"]], [100.0, 150.0])
+
+    def test_each_bisecting_step_runs_on_a_fresh_server(self):
+        """The step before a bisecting one overloaded the server (it may
+        still digest it, or have cut its members as slow clients when the
+        generator fell --max-backlog behind): each bisecting step runs on a
+        fresh server and members, as the sweep's steps did, not on dead
+        connections (which would fail, having sent nothing)."""
+        setups = []
+
+        class Fake(cli.Subject):
+            def setup(self):
+                setups.append(self.kind)
+                self.gen, self.server = _Stub(), _Stub()
+                self.result["connect_seconds"] = len(setups)
+                self.active = True
+
+            def step(self, rate, duration):
+                ok = not self.lost and rate <= 130.0
+                self.result["steps"].append({"rate": rate, "ok": ok})
+                self.active = ok
+                self.note(rate, ok)
+                self.lost = not ok  # a failed step cut every member
+                return ok
+
+            def close(self):
+                pass
+
+        args = argparse.Namespace(retries=0, refine=2, factor=1.5, max_rate=1e6,
+                                  duration=1.0)
+        with mock.patch.object(cli, "Subject", Fake):
+            results = cli.measure(["ws"], dict(sweep=True, rate=100.0), args,
+                                  lambda line: None)
+        # Set up once, then again before each bisecting step.
+        self.assertEqual(setups, ["ws", "ws", "ws"])
+        steps = [(round(s["rate"], 1), s["ok"]) for s in results["ws"]["steps"]]
+        self.assertEqual(steps, [(100.0, True), (122.5, True), (135.5, False), (150.0, False)])
+        self.assertEqual(results["ws"]["connect_seconds"], 1)  # the first connect's
 
     def run_custom(self, extra, kinds=("ours", "bare")):
         fd, path = tempfile.mkstemp(suffix=".json")

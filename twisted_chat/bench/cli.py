@@ -111,6 +111,7 @@ class Subject:
         self.result = {"server": kind, "steps": []}
         self.retries = args.retries
         self.refinements = args.refine
+        self.lost = False
         self.passed = self.failed = None  # sweep: best rate passed, lowest failed
         self.active = False
 
@@ -171,6 +172,9 @@ class Subject:
         self.result["steps"].append(step)
         self.peak_memory()
         self.active = sc["sweep"] and step["ok"]
+        # Members the server cut (the generator fell --max-backlog behind
+        # in an overloaded step, as a slow client would) or that closed.
+        self.lost = raw["errors"] > 0 or raw["receivers"] < self.sc["members"] - 1
         if sc["sweep"]:
             self.note(rate, step["ok"])
         return self.active
@@ -189,6 +193,26 @@ class Subject:
                 or self.failed <= self.passed:
             return None
         return math.sqrt(self.passed * self.failed)
+
+    def restart(self):
+        """A fresh server and generator, for more steps after one lost
+        members; the first connect's figures and the peak memory stay."""
+        why = (" (it cut members in its last step: an overloaded generator falls "
+               "--max-backlog behind, as a slow client would)" if self.lost else "")
+        self.out(f"  {self.kind:>7} a fresh server and members{why}")
+        self.peak_memory()
+        kept = {k: v for k, v in self.result.items() if k != "steps"}
+        self.gen.close()
+        self.server.stop()
+        self.gen = self.server = None
+        self.setup()
+        self.peak_memory()
+        hwm = max(kept.get("rss_hwm_kb", 0), self.result.get("rss_hwm_kb", 0))
+        self.result.update(kept)
+        if hwm:
+            self.result["rss_hwm_kb"] = hwm
+            self.result["kb_per_connection_hwm"] = hwm / max(self.sc["members"], 1)
+        self.lost = False
 
     def peak_memory(self):
         """The server's peak RSS so far (VmHWM), and per connection."""
@@ -234,6 +258,13 @@ def measure(kinds, sc, args, out):
                 break
             for subject, rate in todo:
                 subject.refinements -= 1
+                # Each from a fresh server and members, as the sweep's steps
+                # were: not one still digesting the overloaded step before
+                # (or whose members it cut).
+                subject.restart()
+                if not subject.active:
+                    subject.refinements = 0
+                    continue
                 subject.step(rate, duration)
         for subject in subjects:
             subject.result["steps"].sort(key=lambda s: s["rate"])
