@@ -4,6 +4,7 @@ Nothing here knows about sockets or rooms: a line of text goes in, a small
 :class:`Command` (or a :class:`ChatError`) comes out.
 """
 
+import functools
 import unicodedata
 from typing import NamedTuple, Optional
 
@@ -23,6 +24,10 @@ def strip_controls(text: str) -> str:
     return text.translate(_CONTROL)
 
 
+# Cached: the same few nicks and rooms are folded and checked for every
+# line (an IRC PRIVMSG names its channel each time); bounded, and a name
+# that raises is not kept.
+@functools.lru_cache(maxsize=8192)
 def fold(name: str) -> str:
     """The comparison key of a nick or room: NFKC, then casefold."""
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
@@ -51,6 +56,7 @@ def valid_nick(name: str) -> str:
     return nick
 
 
+@functools.lru_cache(maxsize=8192)
 def valid_room(name: str) -> str:
     """Return the normalised room name (without '#'), or raise ChatError(room-invalid)."""
     room = unicodedata.normalize("NFKC", name)
