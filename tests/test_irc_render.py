@@ -69,10 +69,12 @@ class RenderTests(SynchronousTestCase):
 
     def test_crlf_in_text_cannot_inject(self):
         e = timed("message", id=7, ts=None, room="dev", nick="bob",
-                  text="x\r\n:srv 001 me :owned\r\nQUIT")
-        (line,) = self.lines(e)
-        self.assertNotIn("\r", line)
-        self.assertNotIn("\n", line)
+                  text="x\r\n:srv 001 me :owned\r\nQUIT\0")
+        for ctx in (self.ctx, Context("me", {"server-time", "message-tags"})):
+            (line,) = self.lines(e, ctx)
+            self.assertNotIn("\r", line)
+            self.assertNotIn("\n", line)
+            self.assertNotIn("\0", line)
 
     def test_membership_events(self):
         self.assertEqual(self.lines(timed("join", room="dev", nick="bob")),

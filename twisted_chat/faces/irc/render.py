@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
 from ...delivery.render import register_rendering
-from .message import MAX_BODY, build, split_text
+from .message import MAX_BODY, build, safe, split_text
 from .numerics import NUMERIC
 
 # Events whose lines depend only on the event and the tag variant.
@@ -188,7 +188,10 @@ class Renderer:
         if action:
             room -= len(CTCP + "ACTION " + CTCP)
         lines = []
-        for i, piece in enumerate(split_text(text, room)):
+        # A UTF-8 character is at most 4 bytes: most texts need no encoding
+        # to know that they fit in one line.
+        pieces = [text] if 4 * len(text) <= room else split_text(text, room)
+        for i, piece in enumerate(pieces):
             line_tags = dict(tags)
             if msgtags and i == 0 and f.get("id") is not None:
                 line_tags["msgid"] = str(f["id"])
@@ -200,7 +203,17 @@ class Renderer:
                     line_tags["account"] = account
             if action:
                 piece = f"{CTCP}ACTION {piece}{CTCP}"
-            lines.append(build("PRIVMSG", [target, piece], source, line_tags))
+            if line_tags:
+                lines.append(build("PRIVMSG", [target, piece], source, line_tags))
+            else:
+                # build()'s line, made in one piece (every message of a room
+                # takes this way once per rendering): nick and channel are
+                # valid names, without space, ':' or control characters, and
+                # the whole line is made safe at once: CR, LF and NUL never
+                # pass.
+                if not piece or " " in piece or piece[0] == ":":
+                    piece = ":" + piece
+                lines.append(safe(f":{source} PRIVMSG {target} {piece}"))
         return lines
 
     # -- direct events ----------------------------------------------------------
