@@ -247,6 +247,54 @@ class MembershipTests(ClusterTestCase):
                 outcomes.append(ev["type"])
             self.assertEqual(sorted(outcomes), ["error", "names"], f"round {round}")
 
+    def test_a_join_sent_with_a_nick_joins_under_that_nick(self):
+        """A /nick waits for its claim in Redis, and so do the lines after
+        it: a client that sends /nick and /join at once (the Tk client
+        does) joins under its nick, as on a single server, and not as its
+        guest nick renamed a moment later."""
+        a, b = self.server(), self.server()
+        here, there = self.client(a, "here"), self.client(b, "there")
+        for watcher in (here, there):
+            watcher.send("/join dev")
+            watcher.expect_event("names", room="dev")
+
+        def presence_until_join_of(watcher, nick):
+            """The joins of dev and the renames the watcher gets, up to
+            ``nick``'s join of dev."""
+            seen = []
+
+            def record(line):
+                ev = json.loads(line)
+                if ev.get("type") == "nick" or (ev.get("type") == "join"
+                                                and ev.get("room") == "dev"):
+                    seen.append(ev)
+                return ev.get("type") == "join" and ev.get("room") == "dev" \
+                    and ev.get("nick") == nick
+            watcher.expect(record)
+            return seen
+
+        for round in range(3):
+            newcomer = a.client()
+            self.addCleanup(newcomer.close)
+            newcomer.json_mode()
+            newbie = f"newbie{round}"
+            newcomer.send(f"/nick {newbie}", "/join dev")  # one write
+            for watcher in (here, there):
+                for ev in presence_until_join_of(watcher, newbie):
+                    # (here and there may still see each other join dev)
+                    self.assertIn(ev.get("nick"), (newbie, "here", "there"), ev)
+                    self.assertEqual(ev["type"], "join", ev)
+            names = newcomer.expect_event("names", room="dev")
+            self.assertIn(f"newbie{round}", names["nicks"])
+        # A nick held on the other server: refused, and the line after it
+        # still runs (under the guest nick it has).
+        late = a.client()
+        self.addCleanup(late.close)
+        late.json_mode()
+        late.send("/nick there", "/ping after")
+        self.assertEqual(late.expect_event("error")["code"], "nick-taken")
+        late.expect_event("pong")
+
     def test_kill_9_of_a_server_its_members_leave_the_others(self):
         a, b = self.server(), self.server()
         alice = self.client(a, "alice")

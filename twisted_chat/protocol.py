@@ -180,8 +180,37 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.pauseProducing()  # LineReceiver's: both
 
     def resume_input(self):
-        if self.paused:
+        if self.paused and not self._claiming:
             self.resumeProducing()  # handles the buffered lines, then reads
+
+    _claiming = False  # a /nick waits for its claim across the cluster
+
+    def _nick(self, name):
+        """``/nick``. In a cluster the rename waits for the nick's claim in
+        Redis: the lines after it wait too, so that a ``/join`` sent with
+        the ``/nick`` joins under the new nick, as on a single server, and
+        not as the guest renamed a moment later."""
+        hub = self.factory.hub
+        if hub.cluster is None:
+            hub.set_nick(self.member, name)
+            return
+        waiting = []
+
+        def answered(ok):
+            if not ok:
+                self._reply_error("nick-taken", f"the nick {name} is taken")
+            if waiting:
+                self._claiming = False
+                if not self.factory.turn.input_paused:
+                    self.resume_input()
+            else:
+                waiting.append(False)  # answered at once: nothing to wait for
+
+        hub.set_nick(self.member, name, answered)
+        if not waiting:
+            waiting.append(True)
+            self._claiming = True
+            self.pause_input()
 
     def lineLengthExceeded(self, line):
         # LineReceiver hands us the long line plus everything buffered after
@@ -251,6 +280,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         handler = _HUB_COMMANDS.get(name)
         if handler is not None:
             handler(hub, member, command)
+        elif name == "nick":
+            self._nick(command.arg)
         elif name == "mode":
             self.mode = command.arg
             member.echo = self.mode == JSON
@@ -346,7 +377,6 @@ _HUB_COMMANDS = {
     "say": lambda hub, m, c: hub.say(m, c.text, room=c.room),
     "me": lambda hub, m, c: hub.say(m, c.text, action=True),
     "describe": lambda hub, m, c: hub.say(m, c.text, room=c.room, action=True),
-    "nick": lambda hub, m, c: hub.set_nick(m, c.arg),
     "join": lambda hub, m, c: hub.join(m, c.arg, c.text),
     "part": lambda hub, m, c: hub.part(m, c.room, c.text),
     "msg": lambda hub, m, c: hub.private(m, c.arg, c.text),
