@@ -44,6 +44,7 @@ class ServerProcess:
         self.proc = None
         self.port = None
         self.tail = []  # the last log lines, for error reports
+        self.env = {}  # set in the server's environment
         self.dir = tempfile.mkdtemp(prefix=f"chat-bench-{self.name}-")
         self._port_seen = threading.Event()
 
@@ -51,7 +52,7 @@ class ServerProcess:
         raise NotImplementedError
 
     def start(self, timeout=20.0):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             self.command(), cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=raise_fd_limit,

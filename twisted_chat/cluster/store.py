@@ -27,10 +27,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..history.interface import IHistoryStore, IRoomStore
+from ..history.interface import TEXT, IHistoryStore, IRoomStore
 from .members import HEARTBEAT, Members
 from .redis import RedisLink
 from .sequence import Sequencer
+from .trace import Trace
 
 log = Logger()
 
@@ -62,6 +63,8 @@ class ClusterStore(Service):
         self._flush_call = None
         self._poll = None
         self._ticks = 0
+        # stage timestamps for the cluster benchmark (None unless asked for)
+        self._trace = Trace.from_environment(self.server_id)
 
     def __getattr__(self, name):
         # Only for what this class does not have itself.
@@ -100,6 +103,8 @@ class ClusterStore(Service):
         def unlink(result):
             self._flush()  # what the last commits owe the others
             self.sequencer.stop()
+            if self._trace is not None:
+                self._trace.close()
             return self.link.stopService().addBoth(lambda _: result)
 
         return d.addBoth(unlink)
@@ -115,7 +120,16 @@ class ClusterStore(Service):
         self._outbox.append([msg_id, *record])
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
+        if self._trace is not None:
+            self._trace.mark("commit", (msg_id,), record[TEXT])
+            done = self._traced(done)
         self.sequencer.local(msg_id, record, done)
+
+    def _traced(self, done):
+        def out(msg_id):
+            self._trace.mark("out", (msg_id,))
+            done(msg_id)
+        return out
 
     def _presence_item(self, item):
         self._presence.append(item)
@@ -133,6 +147,8 @@ class ClusterStore(Service):
             if self._outbox:
                 message["m"], self._outbox = self._outbox, []
             self.link.publish(json.dumps(message, separators=(",", ":")))
+            if self._trace is not None and "m" in message:
+                self._trace.mark("publish", [item[0] for item in message["m"]])
 
     def _heard(self, text):
         message = json.loads(text)
@@ -141,7 +157,10 @@ class ClusterStore(Service):
         if self.members is not None:
             self.members.heard(message["from"], message.get("p", ()))
         remote = self.sequencer.remote
-        for item in message.get("m", ()):
+        items = message.get("m", ())
+        if self._trace is not None and items:
+            self._trace.mark("heard", [item[0] for item in items])
+        for item in items:
             remote(item[0], tuple(item[1:]))
 
     def _subscribed(self):
@@ -156,6 +175,8 @@ class ClusterStore(Service):
             self.sequencer.catch_up()
 
     def _deliver(self, msg_id, record):
+        if self._trace is not None:
+            self._trace.mark("out", (msg_id,))
         if self.hub is not None:
             self.hub.deliver_remote(msg_id, record)
 
