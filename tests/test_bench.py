@@ -14,7 +14,7 @@ import tempfile
 from contextlib import redirect_stdout
 from unittest import mock
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from twisted_chat.bench import cgen, cli
 from twisted_chat.bench.loadgen import LoadGenerator, ws_frame, ws_frames
@@ -200,6 +200,69 @@ class _Stub:
 
     def status(self, field):
         return None
+
+
+class ClusterScenarioTests(SynchronousTestCase):
+    """The cluster scenario, tiny: PostgreSQL, Redis and two servers, for real
+    (skipped only where PostgreSQL or Redis cannot run)."""
+
+    def setUp(self):
+        from twisted_chat.cluster import bench
+
+        reason = bench.why_not()
+        if reason:
+            raise SkipTest(reason)
+
+    def check(self, results, members, sent):
+        for setup in ("alone", "cluster"):
+            r = results[setup]
+            self.assertEqual(r["sent"], sent, setup)
+            # every message to every member but its sender, half of them
+            # (all in the cluster) on the other server
+            self.assertEqual(r["expected"], sent * (members - 1), setup)
+            self.assertEqual(r["delivered"], r["expected"], setup)
+            self.assertEqual(r["delivered_second"], sent * (members // 2), setup)
+            for key in ("p50", "p99", "p50_local", "p50_far"):
+                self.assertTrue(0 <= r[key] < 15_000, (setup, key, r[key]))
+
+    def test_every_delivery_arrives_alone_and_across_two_servers(self):
+        fd, path = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        self.addCleanup(os.unlink, path)
+        out = io.StringIO()
+        with redirect_stdout(out):
+            cli.main(["cluster", "--members", "40", "--senders", "4", "--rate", "20",
+                      "--duration", "1", "--json", path])
+        with open(path) as f:
+            sc = json.load(f)["scenarios"]["cluster"]
+        self.check(sc["results"], 40, 20)
+        self.assertEqual(sc["generator"], "python" if cgen.compiler() is None else "c")
+        text = out.getvalue()
+        self.assertIn("cross-server extra p50", text)
+        self.assertIn("(cluster <= alone: ", text)
+
+    def test_the_python_generator_through_the_cluster_module(self):
+        from twisted_chat.cluster import bench
+
+        lines = []
+        results = bench.measure(members=10, senders=2, rate=10, duration=1,
+                                generator="python", out=lines.append)
+        self.assertEqual(results["generator"], "python")
+        self.check(results, 10, 10)
+
+
+class ClusterScenarioSkipTests(SynchronousTestCase):
+    def test_without_postgresql_or_redis_the_scenario_says_why(self):
+        from unittest import mock
+
+        from twisted_chat.cluster import bench
+
+        out = io.StringIO()
+        with mock.patch.object(bench, "why_not", lambda: "redis-server is not installed"), \
+                redirect_stdout(out):
+            cli.main(["cluster", "--members", "10"])
+        self.assertIn("== scenario cluster: skipped: redis-server is not installed",
+                      out.getvalue())
 
 
 class CommandLineTests(SynchronousTestCase):

@@ -12,7 +12,9 @@
  *   quit
  *
  * Usage: cgen [-f FACE] MEMBERS SENDERS [ROOMS PER]. Senders are members 0, step,
- * 2*step, ... with step = MEMBERS / SENDERS (as loadgen.py). Without ROOMS,
+ * 2*step, ... with step = MEMBERS / SENDERS (as loadgen.py). SENDERS may be 0:
+ * a process that only receives what another one's senders say (a room split
+ * over two servers); its run ends no earlier than DURATION after its start. Without ROOMS,
  * every member joins "lobby" and senders send plain lines there. With ROOMS
  * (rooms "r0".."r<ROOMS-1>"), member i joins the PER rooms r(i mod ROOMS),
  * r(i+1 mod ROOMS), ...: each room gets MEMBERS * PER / ROOMS members, and
@@ -617,7 +619,10 @@ static void cmd_run(double rate, double duration, int pad, double quiet, double 
                 if (!conns[i].closed && !conns[i].probe) set_events(&conns[i], EPOLLIN);
             deferred = 0;
             last_data = now;
-        } else if (!deferred && (now - last_data > quiet || now > end + dmax)) {
+        } else if (!deferred && now >= end && (now - last_data > quiet || now > end + dmax)) {
+            /* not before the end: a process without senders (one half of a
+             * room split over two processes, see cluster/bench.py) waits for
+             * the other's messages all along, however long a silence */
             break;
         }
         int n = epoll_wait(ep, evs, 1024, sent < total ? 1 : 10);
@@ -679,8 +684,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (members < 1 || nsenders < 1 || nsenders > members) {
-        fprintf(stderr, "cgen: need 1 <= SENDERS <= MEMBERS\n");
+    if (members < 1 || nsenders < 0 || nsenders > members) {
+        fprintf(stderr, "cgen: need 0 <= SENDERS <= MEMBERS\n");
         return 2;
     }
     struct rlimit rl;
@@ -694,7 +699,7 @@ int main(int argc, char **argv) {
     conns = calloc(members, sizeof *conns);
     by_fd = calloc(max_fd, sizeof *by_fd);
     ep = epoll_create1(0);
-    int step = members / nsenders;
+    int step = nsenders ? members / nsenders : 1;
     if (step < 1) step = 1;
     for (int k = 0; k < nsenders; k++) conns[k * step].sender = 1;
     for (int i = 0; i < members; i++) conns[i].closed = 1; /* until opened */

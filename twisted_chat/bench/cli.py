@@ -48,6 +48,15 @@ SCENARIOS = {
                min_ratio=0.8),
     "ws-10k": dict(members=10000, senders=10, sweep=False, rate=10.0, workers=2, duration=5.0,
                    max_p99_ms=100.0, prefill=50, servers=("ours", "ws")),
+    # Several servers (issue 15, twisted_chat.cluster.bench): the room's
+    # members split over two generator processes, both on one server
+    # ("alone"), then one on each server of a cluster of two ("cluster":
+    # --db on one PostgreSQL, --redis on one Redis). Targets: the cluster's
+    # p99 at most the lone server's, a delivery across servers at most 5 ms
+    # later (p50) than one on the sender's server. Skipped, saying why,
+    # where PostgreSQL or Redis cannot run.
+    "cluster": dict(members=10000, senders=10, sweep=False, rate=10.0, duration=5.0,
+                    cluster=True),
 }
 MAX_P99_MS = 250.0
 # Servers measured by default (a scenario's "servers" says otherwise).
@@ -371,6 +380,36 @@ def report(name, sc, results, out):
                 f"{r['kb_per_connection_hwm']:.1f} KB per connection{target}{history}")
 
 
+def run_cluster(name, sc, args, out):
+    """The cluster scenario (:mod:`twisted_chat.cluster.bench`): alone, then
+    two servers, in this run; skipped, saying why, without PostgreSQL or
+    Redis. Its entry of the JSON results."""
+    from ..cluster import bench as cluster_bench
+
+    why = cluster_bench.why_not()
+    if why:
+        out(f"== scenario {name}: skipped: {why}")
+        return dict(sc, skipped=why, results={})
+    duration = args.duration or sc.get("duration", 2.0)
+    results = cluster_bench.measure(
+        sc["members"], sc["senders"], sc["rate"], duration,
+        generator="python" if args.generator_name == "python" else "c",
+        server_args=args.server_arg, out=out, probes=args.probes,
+        connect_rate=args.connect_rate)
+    generator = results.pop("generator")
+    p99, extra, _ = cluster_bench.verdicts(results)
+    out(f"== scenario {name}: summary ({generator} load generator, two processes)")
+    for setup in ("alone", "cluster"):
+        r = results[setup]
+        out(f"  {setup:>7} {r['sent']} msgs at {sc['rate']:g}/s: delivered "
+            f"{100 * r['delivered'] / max(r['expected'], 1):.2f}%, p50 {r['p50']:.1f} ms, "
+            f"p99 {r['p99']:.1f} ms")
+    out(f"  {p99}")
+    out(f"  {extra}")
+    return dict(sc, generator=generator, extra_p50_ms=results.pop("extra_p50"),
+                results=results)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m twisted_chat.bench",
@@ -378,8 +417,11 @@ def main(argv=None):
                     "baseline, measured in the same run (see docs/performance.rst).")
     p.add_argument("scenarios", nargs="*", default=list(SCENARIOS),
                    help=f"scenarios to run, of {', '.join(SCENARIOS)} (default: all)")
-    p.add_argument("--members", type=int, help="custom scenario: members in one room")
-    p.add_argument("--senders", type=int, default=10, help="custom scenario: senders")
+    p.add_argument("--members", type=int,
+                   help="custom scenario: members in one room (with the cluster scenario "
+                        "alone: the cluster scenario's members)")
+    p.add_argument("--senders", type=int, default=10,
+                   help="custom (or sized cluster) scenario: senders")
     p.add_argument("--rate", type=float, help="custom scenario: msgs/s (start rate if --sweep)")
     p.add_argument("--sweep", action="store_true", help="custom scenario: sweep the rate")
     p.add_argument("--rooms", metavar="ROOMS,PER",
@@ -455,7 +497,11 @@ def main(argv=None):
             print("the rooms scenario needs the C load generator: skipped", flush=True)
         else:
             p.error("the rooms scenario needs the C load generator (--generator c, and cc)")
-    if args.members:
+    if args.members and args.scenarios == ["cluster"]:
+        # the cluster scenario at another size
+        scenarios["cluster"] = dict(SCENARIOS["cluster"], members=args.members,
+                                    senders=min(args.senders, args.members // 2 or 1))
+    elif args.members:
         scenarios["custom"] = dict(members=args.members, senders=args.senders,
                                    sweep=args.sweep, rate=args.rate or 10.0)
         if args.face != "line":
@@ -471,7 +517,7 @@ def main(argv=None):
             if name not in SCENARIOS:
                 p.error(f"unknown scenario {name!r}")
             scenarios[name] = SCENARIOS[name]
-    if args.rate and not args.members:
+    if args.rate and (not args.members or "cluster" in scenarios):
         scenarios = {k: dict(v, rate=args.rate) for k, v in scenarios.items()}
     chosen = [k.strip() for k in args.servers.split(",") if k.strip()] if args.servers else None
     known = ("ours", "metrics", "bare") + FACES
@@ -497,6 +543,9 @@ def main(argv=None):
                else f"{sc['rate']:.0f} msgs/s")
             + f", {args.duration or sc.get('duration', 2.0):.0f} s steps, "
             + f"{args.generator_name} load generator")
+        if sc.get("cluster"):
+            everything["scenarios"][name] = run_cluster(name, sc, args, out)
+            continue
         kinds = chosen or list(sc.get("servers", DEFAULT_SERVERS))
         results = measure(kinds, sc, args, out)
         report(name, sc, results, out)
@@ -507,5 +556,7 @@ def main(argv=None):
             json.dump(everything, f, indent=1)
     if args.plot:
         from .plot import plot
-        plot(everything, args.plot)
-        out(f"plot written to {args.plot}")
+        if plot(everything, args.plot):
+            out(f"plot written to {args.plot}")
+        else:
+            out("nothing to plot (the cluster scenario is not drawn)")

@@ -10,7 +10,12 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = results["scenarios"]
+    # the cluster scenario is two set-ups of one server kind: its figures are
+    # in the report, not drawn
+    scenarios = {name: sc for name, sc in results["scenarios"].items()
+                 if not sc.get("cluster")}
+    if not scenarios:
+        return False
     fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 7), squeeze=False)
     styles = {"ours": ("tab:blue", "o-"), "metrics": ("tab:green", "d-."),
               "bare": ("tab:gray", "s--"), "irc": ("tab:orange", "v-"),
@@ -45,6 +50,7 @@ def plot(results, path):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return True
 
 
 def _bars(top, bottom, sc, styles):
