@@ -4,7 +4,7 @@ Clock and a database answered by hand, and the ``--redis`` option."""
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from twisted_chat.cluster import endpoint_description
 from twisted_chat.cluster.sequence import FETCH_LIMIT, GAP_WAIT, Sequencer
@@ -120,3 +120,61 @@ class OptionTests(SynchronousTestCase):
         options.parseOptions(["--db", "postgresql://chat@db.lan/chat", "--redis", "db.lan"])
         self.assertEqual(options["redis"], "tcp:db.lan:6379")
         self.assertIsNotNone(options["redis-endpoint"])
+
+
+class PublisherTests(SynchronousTestCase):
+    """The Redis publisher's bytes leave at once, not on the next reactor
+    turn (a real loopback socket; no reactor runs)."""
+
+    def setUp(self):
+        try:
+            from twisted_chat.cluster import redis
+        except ImportError as e:
+            raise SkipTest(f"txredisapi is not installed: {e}")
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import MemoryReactor
+        from twisted.python.failure import Failure
+
+        class Port:
+            _realPortNumber = 0
+
+            def _buildAddr(self, addr):
+                return IPv4Address("TCP", *addr)
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        self.peer = socket.create_connection(listener.getsockname())
+        self.addCleanup(self.peer.close)
+        sock, addr = listener.accept()
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+        class Link:
+            def _lost(self, protocol, which):
+                pass
+
+        self.publisher = redis._Factory(Link(), redis._Publisher).buildProtocol(addr)
+        self.publisher.callLater = Clock().callLater  # its reply timeout: not the reactor's
+        self.transport = tcp.Server(sock, self.publisher, addr, Port(), 1, MemoryReactor())
+        self.addCleanup(self.transport.connectionLost, Failure(ConnectionDone()))
+        self.publisher.makeConnection(self.transport)
+
+    def test_a_publication_is_sent_at_once(self):
+        # (no reply comes: the connection is lost at the end)
+        self.publisher.publish("twisted-chat:messages", "hello").addErrback(lambda f: None)
+        self.peer.settimeout(5)
+        expected = (b"*3\r\n$7\r\nPUBLISH\r\n$21\r\ntwisted-chat:messages\r\n"
+                    b"$5\r\nhello\r\n")
+        data = b""
+        while len(data) < len(expected):
+            data += self.peer.recv(4096)
+        self.assertEqual(data, expected)
+        # nothing left for the reactor's next turn
+        self.assertEqual((self.transport._tempDataLen, self.transport.dataBuffer), (0, b""))
+
+    def test_the_rest_is_the_transports(self):
+        self.assertEqual(self.publisher.transport.getPeer(), self.transport.getPeer())
+        self.assertIs(self.publisher.transport.socket, self.transport.socket)

@@ -109,6 +109,17 @@ class DirectWriteTests(SynchronousTestCase):
         other = StringTransport()
         self.assertIsNone(directwrite.writer(other))
 
+    def test_a_client_connection_is_plain_tcp_too(self):
+        # (the cluster's Redis publisher connects out)
+        from twisted.internet.testing import MemoryReactorClock
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = tcp.Client("127.0.0.1", listener.getsockname()[1], None, None,
+                            MemoryReactorClock())
+        self.addCleanup(client.socket.close)
+        self.assertIsNotNone(directwrite.writer(client))
+
     def test_a_bounded_output_holds_while_paused_and_drops_once_closed(self):
         from twisted_chat.delivery.outlet import BoundedOutput
 

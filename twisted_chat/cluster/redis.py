@@ -21,6 +21,8 @@ from twisted.logger import Logger
 
 import txredisapi
 
+from ..delivery import directwrite
+
 log = Logger()
 
 # Seconds without an answer before a connection is dropped (and made again).
@@ -38,7 +40,29 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.link._lost(self, "subscriber")
 
 
+class _SendAtOnce:
+    """The publisher's transport, whose ``write`` sends into the idle socket
+    at once (:mod:`twisted_chat.delivery.directwrite`) instead of on the next
+    reactor turn: a server publishes its commits in the turn that fans
+    them out to its own members, and a buffered publication would wait
+    behind that whole fan-out (thousands of sends) before it leaves for the
+    other servers. Everything else is the transport's."""
+
+    def __init__(self, transport, write):
+        self._transport = transport
+        self.write = write
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
 class _Publisher(txredisapi.RedisProtocol):
+    def makeConnection(self, transport):
+        write = directwrite.writer(transport)
+        if write is not None:
+            transport = _SendAtOnce(transport, write)
+        super().makeConnection(transport)
+
     def connectionLost(self, why):
         super().connectionLost(why)
         self.factory.link._lost(self, "publisher")

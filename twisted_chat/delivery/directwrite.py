@@ -38,7 +38,8 @@ _TRANSPORT_IDLE = (0, b"", False, True, False, False)
 
 def writer(transport, output=None):
     """A ``write(data)`` for ``transport``, direct when idle; None if the
-    transport is not plain TCP (then use ``transport.write``).
+    transport is not plain TCP (then use ``transport.write``). A client's
+    connection as well as a server's (the cluster's Redis publisher).
 
     With ``output`` (a :class:`~twisted_chat.delivery.outlet.BoundedOutput`), the
     result is that output's whole ``write``: while it is paused or closed,
@@ -46,7 +47,7 @@ def writer(transport, output=None):
     instead of two: at 10,000 members the Python around each ``send`` is a
     fifth of the fan-out's time.
     """
-    if type(transport) is not tcp.Server:
+    if type(transport) not in (tcp.Server, tcp.Client):
         return None
     send = transport.socket.send
 
