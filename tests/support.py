@@ -94,6 +94,15 @@ class ChatServer:
             if pattern.search(line):
                 return line
 
+    def logged(self, pattern, timeout=DEFAULT_TIMEOUT):
+        """The first log line so far matching ``pattern`` (a regex), or else
+        the next one (start() reads the lines up to the listening one)."""
+        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        for line in list(self.log):
+            if pattern.search(line):
+                return line
+        return self.wait_for_log(pattern, timeout)
+
     def listener(self, prefix, timeout=DEFAULT_TIMEOUT):
         """The port of the listener whose ``--port`` description starts with
         ``prefix`` (e.g. ``ssl:``), once it has announced itself."""

@@ -37,7 +37,7 @@ class ClusterTestCase(PostgresTestCase):
         server = ChatServer(*self.unlimited, "--db", self.url, "--redis", self.redis.endpoint,
                             *args).start()
         self.addCleanup(server.stop)
-        server.wait_for_log("redis: subscribed")
+        server.logged("redis: subscribed")
         return server
 
     def client(self, server, nick):

@@ -31,7 +31,7 @@ class PostgresServerTestCase(PostgresTestCase, HistoryServerTestCase):
 class RestartTests(PostgresServerTestCase):
     def test_history_and_topic_survive_a_restart(self):
         server = self.start()
-        server.wait_for_log("history: postgresql://")
+        server.logged("history: postgresql://")
         alice = self.client(server, "alice")
         ids = self.send_and_ack(alice, ["one", "two", "three"])
         self.assertEqual(ids, [1, 2, 3])

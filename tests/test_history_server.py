@@ -14,6 +14,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_chat.history import schema
+
 from .support import ChatServer, twistd_command
 
 
@@ -174,10 +176,36 @@ class ReplayTests(HistoryServerTestCase):
         self.assertEqual([e["id"] for e in all_messages], ids)
 
 
+class RoomsAtStartTests(HistoryServerTestCase):
+    def test_the_first_clients_find_the_rooms_as_kept(self):
+        # The rooms are read in the store's thread, before the server
+        # listens; many rooms make that read long (a second or so here), and
+        # a client served meanwhile found empty rooms: no topic, no ban, and
+        # the first joiner of a room made its operator.
+        conn = schema.connect(self.db)
+        with schema.immediate(conn):  # one transaction
+            conn.executemany("INSERT INTO rooms (key, name, topic) VALUES (?, ?, ?)",
+                             [(f"r{i}", f"R{i}", f"topic {i}") for i in range(150_000)])
+            conn.execute("INSERT INTO room_ops (room, account) VALUES ('r149999', 'alice')")
+            conn.execute("INSERT INTO rooms (key, name, topic) VALUES ('dev', 'Dev', 'plans')")
+            conn.execute("INSERT INTO room_bans (room, position, entry, nick, by, t)"
+                         " VALUES ('dev', 0, 'address:127.0.0.1', 'troll', 'alice', 1.0)")
+        conn.close()
+        server = self.start()
+        first = self.client(server, "first")
+        first.send("/join r149999")
+        # A room with an operator account is not the first joiner's to run
+        # (an operator of it would be named here).
+        self.assertEqual(first.expect_event("names", room="r149999")["ops"], [])
+        self.assertEqual(first.expect_event("topic", room="r149999")["topic"], "topic 149999")
+        first.send("/join dev")
+        self.assertEqual(first.expect_event("error")["code"], "banned")
+
+
 class MemoryModeTests(HistoryServerTestCase):
     def test_memory_keeps_history_while_running_and_writes_no_file(self):
         server = self.start("--db", ":memory:")
-        server.wait_for_log("history: in memory only")
+        server.logged("history: in memory only")
         alice = self.client(server, "alice")
         self.send_and_ack(alice, ["fleeting"])
         bob = self.client(server, "bob")
@@ -203,7 +231,7 @@ class RetentionTests(HistoryServerTestCase):
                          " action, t) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.close()
         server = self.start("--history-days", "2")
-        server.wait_for_log("pruned 1 message")
+        server.logged("pruned 1 message")
         bob = self.client(server, "bob")
         self.assertEqual(bob.expect_event("message", history=True)["text"], "recent")
         self.assertEqual(bob.event()["type"], "history-end")

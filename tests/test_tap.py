@@ -7,10 +7,13 @@ import sys
 import tempfile
 
 from twisted.application.service import IServiceMaker
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_chat.history import RoomRecord
 from twisted_chat.tap import Options, endpoint_description, makeService
 
 from .support import ChatServer, LineClient, twistd_command
@@ -88,3 +91,60 @@ class ListenerTests(SynchronousTestCase):
         sock.sendall(b"/nick bob\nhi over unix\n")
         self.addCleanup(sock.close)
         self.assertEqual(tcp.expect_event("message")["text"], "hi over unix")
+
+
+class _Port:
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 5000)
+
+    def stopListening(self):
+        return None
+
+
+class _Endpoint:
+    """A listening endpoint that notes, as it starts listening, the rooms'
+    lasting state its first clients would find in the hub."""
+
+    def __init__(self):
+        self.hub = None
+        self.found = []  # the hub's saved rooms at each listen()
+
+    def listen(self, factory):
+        self.found.append(dict(self.hub.saved))
+        return succeed(_Port())
+
+
+class StartTests(SynchronousTestCase):
+    """The listeners start once the rooms' lasting state (topics, flags,
+    bans, operators) is read from the store: a client served before that
+    would join rooms without it (and might be made operator of a room whose
+    bans were not there yet)."""
+
+    def start(self):
+        options = Options()
+        options.parseOptions(["--db", ":memory:"])
+        endpoint = _Endpoint()
+        options["endpoints"] = [endpoint]
+        top = makeService(options)
+        endpoint.hub = top.turn.hub
+        reading = Deferred()  # the store's read of the rooms, held back here
+        top.store.load_rooms = lambda: reading
+        top.startService()
+        return top, endpoint, reading
+
+    def test_the_listeners_start_once_the_rooms_are_read(self):
+        top, endpoint, reading = self.start()
+        self.addCleanup(lambda: top.running and top.stopService())
+        self.assertEqual(endpoint.found, [])  # not listening while the store reads
+        dev = RoomRecord("dev", "Dev", topic="Release on Friday", bans=(("eve", "eve", "op", 1.0),))
+        reading.callback({"dev": dev})
+        self.assertEqual(endpoint.found, [{"dev": dev}])
+        self.successResultOf(top.stopService())
+        self.assertFalse(top.running)
+
+    def test_stopped_before_the_rooms_are_read(self):
+        top, endpoint, reading = self.start()
+        self.successResultOf(top.stopService())
+        reading.callback({})
+        self.assertEqual(endpoint.found, [])  # it never listened
+        self.assertIsNone(top.store._conn)  # the store is closed

@@ -7,6 +7,7 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
+from twisted.internet.defer import succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -453,23 +454,50 @@ class _PostgresStore(history_pg.PostgresHistory):
 
 
 class _HistoryChatService(TurnService):
-    """The chat service around its history store: the store opens before
-    the listeners start, and closes (having written what is pending) after
-    they have stopped and the clients are gone."""
+    """The chat service around its history store: the store opens, then the
+    rooms' lasting state (topics, flags, operators, bans) is read from it,
+    and only then do the listeners start; they stop, the clients are gone,
+    and then the store closes (having written what is pending).
+
+    The rooms are read in the store's thread, so the first connections could
+    otherwise be served before they arrive: right after a restart a joiner
+    missed its room's topic, and could be made operator of a room whose
+    bans and flags were not there yet.
+    """
 
     def __init__(self, turn, shutdown_timeout, store):
         super().__init__(turn, shutdown_timeout)
         self.store = store
+        self._loading = None  # the rooms' read, until the listeners start
+
+    def privilegedStartService(self):
+        # The listeners listen in startService, once the rooms are loaded,
+        # not here (before the reactor runs and the rooms can arrive):
+        # nothing here needs privileges (docs/operations.rst: never as root).
+        service.Service.privilegedStartService(self)
 
     def startService(self):
         from twisted.internet import reactor
 
         self.store.startService()
-        self.turn.hub.load_rooms()  # topics, flags, operators and bans kept
-        super().startService()
+        service.Service.startService(self)
+        self._loading = self.turn.hub.load_rooms()  # a failure is logged there
+        self._loading.addBoth(self._listen)
         reactor.callWhenRunning(tune_gc)
 
+    def _listen(self, _):
+        self._loading = None
+        if self.running:  # not stopped meanwhile
+            for child in self:
+                child.startService()
+
     def stopService(self):
-        d = super().stopService()
+        if self._loading is not None:
+            # Stopped before the rooms arrived: nothing listens, nobody is
+            # connected; the store finishes the read, then closes.
+            service.Service.stopService(self)
+            d = succeed(None)
+        else:
+            d = super().stopService()
         d.addBoth(lambda _: self.store.stopService())
         return d
