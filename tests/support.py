@@ -50,6 +50,7 @@ class ChatServer:
         self.port = None
         self.log = []
         self._lines = queue.Queue()
+        self._clients = []  # line() clients, closed by stop()
 
     def start(self, timeout=DEFAULT_TIMEOUT):
         cmd = twistd_command() + ["-n", "--pidfile="] + self.twistd_args + ["chat"]
@@ -120,6 +121,14 @@ class ChatServer:
     def client(self, **kw):
         return LineClient(self.port, **kw)
 
+    def line(self, nick):
+        """A line-protocol client in JSON mode, named ``nick`` (its welcome
+        and first names read); ``stop()`` closes it before the server stops."""
+        c = self.client()
+        self._clients.append(c)
+        c.json_mode(nick)
+        return c
+
     def grep(self, pattern):
         """Log lines so far matching ``pattern`` (a regex), without waiting."""
         pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
@@ -128,6 +137,8 @@ class ChatServer:
     def stop(self, sig=signal.SIGTERM, timeout=DEFAULT_TIMEOUT):
         """Stop the process (SIGTERM by default) and return its exit code."""
         code = None
+        while self._clients:
+            self._clients.pop().close()
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.send_signal(sig)

@@ -83,12 +83,6 @@ class IRCServerTestCase(SynchronousTestCase):
             c.register(nick, caps)
         return c
 
-    def line(self, nick):
-        c = self.server.client()
-        self.addCleanup(c.close)
-        c.json_mode(nick)
-        return c
-
 
 class RawIRCTests(IRCServerTestCase):
     def test_registration_numerics(self):
@@ -144,7 +138,7 @@ class RawIRCTests(IRCServerTestCase):
 class CrossFaceTests(IRCServerTestCase):
     def test_irc_and_line_users_in_one_room(self):
         alice = self.irc("alice", caps=("server-time", "message-tags", "echo-message"))
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         alice.expect_msg("JOIN", "#lobby")  # bob's join (or alice's own, first)
         # IRC -> line
         alice.send("PRIVMSG #lobby :hello bob")
@@ -177,7 +171,7 @@ class CrossFaceTests(IRCServerTestCase):
 
     def test_topic_and_kick_across_faces(self):
         alice = self.irc("alice")
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         alice.send("JOIN #dev")
         alice.expect_msg("366", "alice", "#dev")
         bob.send("/join dev")
@@ -206,7 +200,7 @@ class CrossFaceTests(IRCServerTestCase):
         self.assertEqual(m.params[2], "enough")
 
     def test_history_replay_to_an_irc_joiner(self):
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         bob.send("/join dev", "said before alice came", "/me waited")
         bob.expect_event("message", text="waited")
         alice = self.irc("alice", caps=("batch", "server-time", "message-tags"))
@@ -225,7 +219,7 @@ class CrossFaceTests(IRCServerTestCase):
 
     def test_line_user_joins_irc_channel_and_quits(self):
         alice = self.irc("alice")
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         alice.expect_msg("JOIN", "#lobby")
         bob.send("/quit bye all")
         m = alice.expect_msg("QUIT")
@@ -287,7 +281,7 @@ class TwistedIRCClientTests(IRCServerTestCase):
             client.dataReceived(data)
 
     def test_twisted_irc_client(self):
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         sock = socket.create_connection(("127.0.0.1", self.irc_port), timeout=10)
         self.addCleanup(sock.close)
         client, transport = _Recorder(), StringTransport()
@@ -315,7 +309,7 @@ class TwistedIRCClientTests(IRCServerTestCase):
         bob.expect_event("message", nick="tw", text="bows", action=True)
 
     def test_away_across_faces(self):
-        bob = self.line("bob")  # JSON
+        bob = self.server.line("bob")  # JSON
         carol = self.server.client()  # text
         self.addCleanup(carol.close)
         carol.readline()
@@ -370,7 +364,7 @@ class ChatHistoryChecks:
             got.append(m)
 
     def test_chathistory_pages_a_room_across_faces(self):
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         bob.send("/join dev")
         ids = {}
         for i in range(1, 7):
@@ -419,7 +413,7 @@ class ChatHistoryChecks:
                              ("FAIL", ["CHATHISTORY", "INVALID_TARGET", "LATEST", target]))
 
     def test_each_joiner_gets_its_own_history_batch(self):
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         bob.send("/join dev", "one", "two")
         bob.expect_event("message", text="two")
         for nick in ("carol", "dave", "erin"):

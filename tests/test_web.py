@@ -34,12 +34,6 @@ class WebServerTestCase(SynchronousTestCase):
             c.expect_event("names")
         return c
 
-    def line(self, nick):
-        c = self.server.client()
-        self.addCleanup(c.close)
-        c.json_mode(nick)
-        return c
-
 
 class PageTests(WebServerTestCase):
     def test_page_and_its_files_with_security_headers(self):
@@ -76,7 +70,7 @@ class PageTests(WebServerTestCase):
 class SessionTests(WebServerTestCase):
     def test_web_socket_and_line_client_chat(self):
         web = self.ws("alice")
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         web.expect_event("join", nick="bob")
         bob.send("hi <b>alice</b>")
         self.assertEqual(web.expect_event("message", nick="bob")["text"], "hi <b>alice</b>")
@@ -128,7 +122,7 @@ class SessionTests(WebServerTestCase):
 
     def test_quit_says_bye_and_closes(self):
         web = self.ws("alice")
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         web.send("/quit lunch")
         self.assertEqual(web.expect_event("bye")["reason"], "goodbye")
         self.assertEqual(web.expect_close()[0], 1000)

@@ -74,12 +74,6 @@ class BrowserTestCase(SynchronousTestCase):
         self.url = f"http://127.0.0.1:{web_port(server)}/"
         return server
 
-    def line(self, nick, server=None):
-        c = (server or self.server).client()
-        self.addCleanup(c.close)
-        c.json_mode(nick)
-        return c
-
     def run_in_browser(self, scenario, expected=None):
         """Run ``scenario``; any error the page logged fails the test, but for
         those matching the regular expression ``expected``."""
@@ -95,7 +89,7 @@ class SafetyTests(BrowserTestCase):
             dialogs = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             sign_in(page, "alice")
-            bob = self.line("bob")
+            bob = self.server.line("bob")
             wait_line(page, "bob joined")
             bob.send(XSS, "<script>alert(2)</script><b>bold</b>",
                       "see javascript:alert(3) and https://example.org/a?b=<i>c</i>.")
@@ -172,7 +166,7 @@ class ChatTests(BrowserTestCase):
             page = self.browser.page(self.url)
             sign_in(page, "alice")
             wait_line(page, "Be kind.")  # the welcome's, before any room
-            bob = self.line("bob")
+            bob = self.server.line("bob")
             wait_line(page, "bob joined")
             members = page.get_by_role("complementary", name="Members")
             members.get_by_text("bob", exact=True).wait_for()
@@ -206,7 +200,7 @@ class RoomsTests(BrowserTestCase):
             sign_in(alice, "alice")
             bob = self.browser.page(self.url)
             sign_in(bob, "bob")
-            carol = self.line("carol")
+            carol = self.server.line("carol")
             alice_rooms = alice.get_by_role("navigation", name="Rooms")
             # alice opens dev from the room list's form: she is its first
             # member, so its operator.
@@ -261,7 +255,7 @@ class HistoryTests(BrowserTestCase):
     server_args = ("--history", "5")
 
     def test_scrolling_up_loads_older_pages_each_message_once(self):
-        bob = self.line("bob")
+        bob = self.server.line("bob")
         for i in range(1, 13):
             bob.send(f"m{i}")
         bob.send("/ping stored")
@@ -304,7 +298,7 @@ class ReconnectTests(BrowserTestCase):
         def scenario():
             page = self.browser.page(self.url)
             sign_in(page, "alice")
-            bob = self.line("bob")
+            bob = self.server.line("bob")
             bob.send("before the restart")
             wait_line(page, "before the restart")
             say(page, "mine, before")
@@ -312,7 +306,7 @@ class ReconnectTests(BrowserTestCase):
             self.server.stop()
             page.get_by_text(re.compile("reconnecting")).wait_for()
             self.server = self.start_server()
-            carol = self.line("carol", self.server)
+            carol = self.server.line("carol")
             carol.send("while you were away")
             # The page retries with a growing delay (up to 30 s between tries).
             log(page).locator(".line", has_text="while you were away").wait_for(timeout=60_000)
@@ -341,7 +335,7 @@ class PhoneTests(BrowserTestCase):
         def scenario():
             page = self.browser.page(self.url)
             sign_in(page, "alice")
-            bob = self.line("bob")
+            bob = self.server.line("bob")
             wait_line(page, "bob joined")
             bob.send("a long line " + "word " * 60)
             wait_line(page, "a long line")
@@ -408,7 +402,7 @@ class NotificationTests(BrowserTestCase):
             page.add_init_script(FAKE_HIDDEN_TAB)
             page.goto(self.url)
             sign_in(page, "alice")
-            bob = self.line("bob")
+            bob = self.server.line("bob")
             wait_line(page, "bob joined")
             bob.send("visible, naming alice")  # the tab is shown: no notification
             wait_line(page, "visible, naming alice")
