@@ -2,7 +2,7 @@
 each tag variant, sent to idle IRC sockets in bulk with everybody else's.
 
 Real loopback connections as in ``tests/test_express.py`` (whose audit of
-every flush applies here too): a member holding the express handle must be
+every flush, tests/express_support.py, applies here too): a member holding the express handle must be
 one whose share the normal path would also write straight to its socket.
 IRC members share a hub and a turn with line-protocol members.
 """
@@ -14,7 +14,7 @@ from twisted_chat.faces.irc.message import parse
 from twisted_chat.faces.irc.protocol import IRCFactory
 from twisted_chat.replay import RecentMessages
 
-from .test_express import ExpressTestCase, TCPConn
+from .express_support import ExpressTestCase, TCPConn
 
 
 class IRCExpressTestCase(ExpressTestCase):
@@ -146,26 +146,12 @@ class IRCExpressTests(IRCExpressTestCase):
 
     def test_what_a_socket_does_not_take_waits_and_later_shares_go_behind(self):
         line, b = self.connect("alice"), self.irc_connect("bob")
-        big = "x" * 60000  # about 130 PRIVMSG lines each
-        sent = 0
-        for i in range(200):
-            if b.transport._tempDataLen:
-                break
-            line.send(f"{i} {big}")
-            sent += 1
-        self.assertGreater(b.transport._tempDataLen, 0)
-        self.assertIsNone(b.member.express)
+        sent = self.fill(line, b)  # about 130 PRIVMSG lines each
         line.send("tail")
-        got = []
-        while not got or got[-1] != "tail":
-            b.drain()
-            got += self.privmsgs(b)
-            if b.proto.outlet.output.paused:
-                b.proto.outlet.output.resumeProducing()
+        got = self.receive(b, self.privmsgs, lambda got: got and got[-1] == "tail")
         starts = [t.split(" ", 1)[0] for t in got if not t.startswith("x")]
-        self.assertEqual(starts, [str(i) for i in range(sent)] + ["tail"])
-        self.assertEqual("".join(got[:-1]).replace(" ", ""),
-                         "".join(f"{i}{big}" for i in range(sent)))
+        self.assertEqual(starts, [str(i) for i in range(len(sent))] + ["tail"])
+        self.assertEqual("".join(got[:-1]).replace(" ", ""), "".join(sent).replace(" ", ""))
         line.send("after")
         self.assertEqual(self.privmsgs(b), ["after"])
         self.assertIs(b.member.express, b.transport.socket)
@@ -174,13 +160,7 @@ class IRCExpressTests(IRCExpressTestCase):
         self.irc.max_backlog = 100_000
         line, b, c = self.connect("alice"), self.irc_connect("bob"), self.irc_connect("carol")
         b.proto.outlet.output.limit = 100_000
-        big = "y" * 60000
-        for i in range(200):
-            if b.proto.member is None:
-                break
-            line.send(f"{i} {big}")
-            c.read()
-            c.buffer = b""
+        self.overflow(line, b, c)
         self.assertIsNone(b.proto.member)  # cut: left the hub
         self.assertEqual(self.hub.counts.slow_consumers, 1)
         self.assertIsNone(b.proto.outlet.member.express)

@@ -19,7 +19,7 @@ from twisted_chat.web import frames
 from twisted_chat.web.frames import WS_JSON, WS_TEXT
 from twisted_chat.web.session import WebSocketFactory
 
-from .test_express import ExpressTestCase, TCPConn
+from .express_support import ExpressTestCase, TCPConn
 
 
 def masked(opcode, payload: bytes) -> bytes:
@@ -55,6 +55,10 @@ class WSConn(TCPConn):
     @property
     def chat(self):
         return self.proto.chat
+
+    @property
+    def output(self):
+        return self.proto.chat.output
 
     @property
     def member(self):
@@ -237,23 +241,10 @@ class WebExpressTests(WebExpressTestCase):
 
     def test_what_a_socket_does_not_take_waits_and_later_shares_go_behind(self):
         line, b = self.connect("alice"), self.ws_connect("bob")
-        big = "x" * 60000
-        sent = []
-        for i in range(200):
-            if b.transport._tempDataLen:
-                break
-            line.send(f"{i} {big}")
-            sent.append(f"{i} {big}")
-        self.assertGreater(b.transport._tempDataLen, 0)
-        self.assertIsNone(b.member.express)
+        sent = self.fill(line, b)
         line.send("tail")
         sent.append("tail")
-        got = []
-        while len(got) < len(sent):
-            b.drain()
-            got += b.texts()
-            if b.chat.output.paused:
-                b.chat.output.resumeProducing()
+        got = self.receive(b, lambda b: b.texts(), lambda got: len(got) >= len(sent))
         self.assertEqual(got, sent)
         line.send("after")
         self.assertEqual(b.texts(), ["after"])
@@ -262,13 +253,7 @@ class WebExpressTests(WebExpressTestCase):
     def test_a_slow_consumer_is_cut_as_before(self):
         line, b, c = self.connect("alice"), self.ws_connect("bob"), self.ws_connect("carol")
         b.chat.output.limit = 100_000
-        big = "y" * 60000
-        for i in range(200):
-            if b.chat.member is None:
-                break
-            line.send(f"{i} {big}")
-            c.read()
-            c.buffer = b""
+        self.overflow(line, b, c)
         self.assertIsNone(b.chat.member)  # cut: left the hub
         self.assertEqual(self.hub.counts.slow_consumers, 1)
         self.assertIsNone(b.member.express)
