@@ -104,6 +104,30 @@ class RegistrationTests(IRCTestCase):
         join = msgs[commands.index("JOIN")]
         self.assertEqual((join.source, join.params), ("alice!alice@chat.test", ["#lobby"]))
 
+    def test_lusers_counts_the_members_registered(self):
+        a = self.connect("alice")
+        early = self.connect()
+        early.send("NICK early")  # no USER yet: not registered, not counted
+        self.connect("bob")
+        line = self.hub.connect(lambda event: None)  # a line member, nick not set yet
+
+        def users():
+            a.send("LUSERS")
+            said = {m.command: m.params[-1] for m in a.messages()}
+            self.assertEqual(said["255"], f"I have {said['251'].split()[2]} clients and 0 servers")
+            return said["251"]
+
+        self.assertEqual(users(), "There are 2 users and 0 invisible on 1 servers")
+        self.hub.join(line, "dev")  # joining a room registers a line member
+        self.hub.register(line)  # (once)
+        self.assertEqual(users(), "There are 3 users and 0 invisible on 1 servers")
+        self.hub.disconnect(line)
+        self.hub.disconnect(line)  # (once)
+        early.send("USER early 0 * :E")
+        self.assertEqual(users(), "There are 3 users and 0 invisible on 1 servers")
+        self.conns[-1].send("QUIT :bye")
+        self.assertEqual(users(), "There are 2 users and 0 invisible on 1 servers")
+
     def test_no_motd(self):
         self.hub.motd = None
         c = IRCConn(self.factory, self.clock, 1)

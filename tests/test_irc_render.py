@@ -132,6 +132,51 @@ class RenderTests(SynchronousTestCase):
             got += message.parse(line).params[-1].split()
         self.assertEqual(got, nicks)
 
+    def test_names_as_one_build_a_word_would_make_them(self):
+        # The reply is made from the nicks' list in bulk (a joiner of a room
+        # of 10,000 gets it); it must be what the plain way makes: each
+        # word prefixed, as many words a line as fit in 510 bytes, build()
+        # for each line.
+        def plain(nicks, ops, voiced, caps, me="me"):
+            words = []
+            for nick in nicks:
+                prefix = "@" if nick in ops else ""
+                if nick in voiced and ("multi-prefix" in caps or not prefix):
+                    prefix += "+"
+                words.append(prefix + (self.r.source(nick) if "userhost-in-names" in caps
+                                       else nick))
+            room = 510 - len(f":chat.example 353 {me} = #dev :".encode())
+            chunks, current = [], []
+            for w in words:
+                if current and len(" ".join(current + [w]).encode()) > room:
+                    chunks.append(" ".join(current))
+                    current = []
+                current.append(w)
+            if current:
+                chunks.append(" ".join(current))
+            return [message.build("353", [me, "=", "#dev", c], "chat.example") for c in chunks]
+
+        nicks = [f"u{i}" + "x" * (i % 23) for i in range(2000)]
+        accented = [w + str(i) for i in range(40) for w in ("zoë", "Ærøskøbing", "名前")]
+        accented += nicks[:300]
+        cases = [
+            (nicks, [], []),
+            (nicks, ["u7xxxxxxx", "u1999" + "x" * (1999 % 23)], ["u3xxx", "u7xxxxxxx"]),
+            (nicks, nicks[::50], nicks[::7]),  # many prefixed (more than 16)
+            (accented, ["zoë3"], ["名前3", "zoë3"]),
+            (["solo"], ["solo"], []),
+            (["gone-from-names"][:0], ["al"], []),
+        ]
+        for caps in (set(), {"multi-prefix"}, {"userhost-in-names", "multi-prefix"}):
+            for nicks_, ops, voiced in cases:
+                e = Event("names", {"room": "dev", "nicks": nicks_, "ops": ops,
+                                    "voiced": voiced})
+                got = self.lines(e, Context("me", caps))
+                self.assertEqual(got[:-1], plain(nicks_, set(ops), set(voiced), caps))
+                self.assertEqual(got[-1], ":chat.example 366 me #dev :End of /NAMES list")
+                for line in got:
+                    self.assertLessEqual(len(line.encode()), 510)
+
     def test_topic_after_names_is_a_reply_otherwise_a_change(self):
         names = Event("names", {"room": "dev", "nicks": ["me"], "ops": [], "voiced": []})
         topic = timed("topic", room="dev", topic="plans", by="al")

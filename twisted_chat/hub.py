@@ -319,6 +319,7 @@ class Hub:
         keeps = not isinstance(self.history, MemoryHistory)
         self.recent = RecentMessages(self.replay if keeps else 0, clock=self.clock)
         self.members: Dict[str, Member] = {}  # folded nick -> member
+        self.registered_count = 0  # of them, those registered (IRC's LUSERS asks at each welcome)
         self.rooms: Dict[str, Room] = {}  # folded name -> room
         # Rooms' lasting state as last saved (folded key -> RoomRecord),
         # also for rooms nobody is in: a room that comes back gets it back.
@@ -409,6 +410,7 @@ class Hub:
         a guest on a server without guests)."""
         if not member.registered and self.may_appear(member):
             member.registered = True
+            self.registered_count += 1
             if not member.rooms:
                 self._join(member, self._room(self.default_room), None)
 
@@ -437,6 +439,7 @@ class Hub:
         if self.members.get(member.key) is member:
             del self.members[member.key]
         if member.registered:
+            self.registered_count -= 1
             self._left_behind(member, member.nick)
         member.gone = True
         for room in self.rooms.values():
@@ -634,7 +637,9 @@ class Hub:
             if not room.members and room.key != self.default_key:
                 del self.rooms[room.key]  # it was made for this attempt only
             raise
-        member.registered = True
+        if not member.registered:
+            member.registered = True
+            self.registered_count += 1
         self._join(member, room, key)
 
     def _admit(self, member: Member, room: Room, key: Optional[str]) -> None:

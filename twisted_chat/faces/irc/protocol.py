@@ -745,7 +745,7 @@ class IRCProtocol(Protocol):
 
     def irc_LUSERS(self, params, msg):
         hub = self.factory.hub
-        users = sum(1 for m in hub.members.values() if getattr(m, "registered", True))
+        users = hub.registered_count  # kept by the hub: counting members is O(members) a welcome
         self._send_numeric("RPL_LUSERCLIENT", f"There are {users} users and 0 invisible on "
                                               "1 servers")
         self._send_numeric("RPL_LUSERCHANNELS", str(len(hub.rooms)), "channels formed")

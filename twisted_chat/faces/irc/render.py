@@ -219,20 +219,26 @@ class Renderer:
     # -- direct events ----------------------------------------------------------
 
     def _direct_names(self, f, ctx):
-        ops, voiced = set(f.get("ops", ())), set(f.get("voiced", ()))
-        multi = "multi-prefix" in ctx.caps
-        full = "userhost-in-names" in ctx.caps
-        names = []
-        for nick in f["nicks"]:
-            prefix = ("@" if nick in ops else "")
-            if nick in voiced and (multi or not prefix):
-                prefix += "+"
-            names.append(prefix + (self.source(nick) if full else nick))
+        # Every joiner of a room gets its names: at 10,000 members, one joiner
+        # in a join storm. So the words are the nicks' list as it comes, with
+        # the few prefixed ones changed in place, cut into chunks by _pack;
+        # each RPL_NAMREPLY is its head and a chunk (as build would make it).
+        prefix = _prefixes(f.get("ops", ()), f.get("voiced", ()), "multi-prefix" in ctx.caps)
+        if "userhost-in-names" in ctx.caps:
+            source = self.source
+            words = [prefix.get(n, "") + source(n) for n in f["nicks"]]
+        else:
+            words = _prefixed(f["nicks"], prefix)
         ch = channel(f["room"])
-        head = f":{self.server} 353 {ctx.nick} = {ch} :"
+        head = build(NUMERIC["RPL_NAMREPLY"], [ctx.nick, "=", ch, ""], source=self.server)
         room = MAX_BODY - len(head.encode("utf-8"))
-        lines = [self.numeric(ctx, "RPL_NAMREPLY", "=", ch, chunk)
-                 for chunk in _pack(names, room)] if names else []
+        lines = []
+        if words:
+            # Made safe as build makes each parameter, once for all of them.
+            for chunk in _pack(safe(" ".join(words)), room):
+                # build's last parameter: ':' only where it needs one.
+                lines.append(head + chunk if not chunk or " " in chunk or chunk[0] == ":"
+                             else head[:-1] + chunk)
         lines.append(self.numeric(ctx, "RPL_ENDOFNAMES", ch, "End of /NAMES list"))
         if ctx.joined == f["room"]:
             ctx.after_names = f["room"]
@@ -338,8 +344,54 @@ def _seconds(ts) -> float:
     return 0
 
 
-def _pack(words: List[str], room: int) -> List[str]:
-    """Space-joined runs of ``words``, each at most ``room`` bytes."""
+def _prefixes(ops, voiced, multi: bool) -> Dict[str, str]:
+    """NAMES' prefixes by nick: ``@`` operator, ``+`` voiced (both only with
+    multi-prefix)."""
+    prefix = dict.fromkeys(voiced, "+")
+    for nick in ops:
+        prefix[nick] = "@+" if multi and nick in prefix else "@"
+    return prefix
+
+
+def _prefixed(nicks: List[str], prefix: Dict[str, str]) -> List[str]:
+    """NAMES' words: each nick with its prefix."""
+    if not prefix:
+        return list(nicks)
+    if len(prefix) > 16:
+        return [prefix[n] + n if n in prefix else n for n in nicks]
+    # A few prefixed members in a big room: find them rather than look every
+    # nick up (list.index runs in C).
+    words = list(nicks)
+    for nick, p in prefix.items():
+        try:
+            i = words.index(nick)
+        except ValueError:  # not among the names (the event says who is)
+            continue
+        words[i] = p + nick
+    return words
+
+
+def _pack(text: str, room: int) -> List[str]:
+    """``text``, space-separated words, in runs of whole words of at most
+    ``room`` bytes each (a word longer than that alone)."""
+    if not text.isascii():
+        return _pack_words(text.split(" "), room)
+    # One character, one byte: each chunk ends at the last space that fits
+    # (str.rfind, in C), as many words as fit, as _pack_words packs them.
+    chunks, start, end = [], 0, len(text)
+    while end - start > room:
+        cut = text.rfind(" ", start, start + room + 1)
+        if cut <= start:  # a word longer than room: alone
+            cut = text.find(" ", start)
+            if cut < 0:
+                break
+        chunks.append(text[start:cut])
+        start = cut + 1
+    chunks.append(text[start:])
+    return chunks
+
+
+def _pack_words(words: List[str], room: int) -> List[str]:
     chunks, current, size = [], [], 0
     for w in words:
         n = len(w.encode("utf-8"))
