@@ -631,6 +631,28 @@ class RoomsSessionTests(SessionTestCase):
                          ["#lobby", "#dev", "#ops"])
         self.assertTrue(all(c.joined for c in self.model.rooms()))
 
+    def test_nick_held_after_a_reconnect_is_taken_back_when_its_holder_quits(self):
+        proto, transport = self.open()
+        self.registered(proto)
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        # Elsewhere our old connection still holds the nick (a killed server
+        # of a cluster, until the others judge it gone): a guest meanwhile.
+        proto2, transport2 = self.open()
+        self.assertEqual(self.sent(transport2), ["/mode json", "/nick alice"])
+        self.events(proto2, ev("welcome", nick="guest1"),
+                    ev("error", code="nick-taken", message="nick taken"),
+                    ev("join", room="lobby", nick="guest1", ts="t"))
+        self.sent(transport2)
+        self.events(proto2, ev("quit", nick="bob", ts="t", reason="server gone"))
+        self.assertEqual(self.sent(transport2), [])
+        self.events(proto2, ev("quit", nick="ALICE", ts="t", reason="server gone"))
+        self.assertEqual(self.sent(transport2), ["/nick alice"])
+        self.events(proto2, ev("nick", old="guest1", new="alice", ts="t"))
+        self.assertEqual(self.model.status_text(), "Connected as alice in lobby")
+        # Our own nick now: another alice's quit is nothing to act on.
+        self.events(proto2, ev("quit", nick="alice", ts="t", reason="server gone"))
+        self.assertEqual(self.sent(transport2), [])
+
     def test_room_option_instead_of_the_default_room(self):
         self.model.add_room("dev")  # --room dev
         self.assertEqual((self.model.room, self.model.topic_text()), ("dev", "(not joined)"))

@@ -110,6 +110,21 @@ class ChatSession:
         if first_join:
             self._registered = True
             self._restore(proto, str(event.get("room")), listed)
+        elif kind == "quit" and self._registered:
+            self._reclaim(proto, event.get("nick"))
+
+    def _reclaim(self, proto, nick) -> None:
+        """The holder of our wanted nick quit: ask for it again.
+
+        After a reconnect the nick can still be held by our old connection:
+        on a single server until it notices the drop, in a cluster until
+        the others judge a killed server gone. The server then gave us a
+        guest nick; its members see the holder quit when the nick is free.
+        """
+        wanted = self.model.wanted_nick
+        if (wanted and isinstance(nick, str) and not self.model.login_name
+                and fold(nick) == fold(wanted) and not self.model.is_me(wanted)):
+            proto.send(f"/nick {wanted}")
 
     def raw_line(self, proto, text: str) -> None:
         if proto is self.protocol:

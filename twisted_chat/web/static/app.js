@@ -508,6 +508,7 @@
     enterChat();
     if (first) {
       state.attempt = 0;
+      state.nickTries = 0;
       $("conn-status").textContent = "";
       if (state.reconnecting) rejoin(ev.room, wasWanted);
       state.reconnecting = true; // from now on, a new socket is a reconnect
@@ -582,6 +583,10 @@
       for (const c of roomsWith(ev.nick)) {
         dropMember(c, ev.nick);
         sysLine(c, ev.nick + " quit (" + ev.reason + ")", "sys", ev.ts);
+      }
+      if (state.registered && state.password === null && fold(ev.nick) === fold(state.wantNick) &&
+          fold(state.nick) !== fold(state.wantNick)) {
+        send("/nick " + state.wantNick); // our nick is free again: take it back
       }
     },
     nick(ev) {
@@ -714,10 +719,11 @@
           return;
         }
       } else if (ev.code === "nick-taken" && !state.registered && state.nickTries < 3) {
-        // A reconnect while our old connection lingers: take a variant.
+        // A reconnect while our old connection lingers (or, in a cluster,
+        // while a killed server still holds the nick): take a variant for
+        // now; the nick itself is asked for again when its holder quits.
         state.nickTries += 1;
-        state.wantNick = state.wantNick + "_";
-        send("/nick " + state.wantNick);
+        send("/nick " + state.wantNick + "_".repeat(state.nickTries));
         return;
       }
       sysLine(null, ev.code + ": " + ev.message, "error");
