@@ -8,6 +8,7 @@ from datetime import timezone
 
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -69,6 +70,11 @@ class TLSOptionTests(SynchronousTestCase):
             # A TLS wrapper around a HostnameEndpoint for that host and port.
             self.assertIsInstance(endpoint._wrapperFactory(Factory()), TLSMemoryBIOFactory)
             self.assertEqual(repr(endpoint._wrappedEndpoint), "<HostnameEndpoint localhost:5443>")
+        # Plain TCP from --host/--port: every address of the name is tried.
+        self.assertEqual(repr(self.endpoint("--host", "chat.example.org", "--port", "5000")),
+                         "<HostnameEndpoint chat.example.org:5000>")
+        self.assertIsInstance(self.endpoint("--connect", "tcp:chat.example.org:5000"),
+                              TCP4ClientEndpoint)  # --connect: as written
         self.assertRaises(ValueError, self.endpoint, "--ca", cert)  # --ca without TLS
         self.assertRaises(ValueError, self.endpoint, "--tls", "--connect", "tcp:h:1")
         self.assertRaises(ValueError, self.endpoint, "--connect", "ssl:localhost:5443",

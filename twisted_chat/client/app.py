@@ -12,7 +12,7 @@ import argparse
 import getpass
 import sys
 
-from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, quoteStringArgument
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
         description="The twisted-chat desktop client: a chat window on Tk.",
     )
     p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"server host name or address (default {DEFAULT_HOST})")
+                   help=f"server host name or address (default {DEFAULT_HOST}); a name with "
+                        "several addresses: each is tried until one accepts")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"server TCP port (default {DEFAULT_PORT})")
     p.add_argument("--connect", metavar="ENDPOINT",
@@ -103,7 +104,13 @@ def client_endpoint(reactor, args):
         return tls.tls_endpoint(reactor, args.host, args.port, args.ca)
     if args.ca:
         raise ValueError("--ca needs --tls or --connect ssl:HOST:PORT")
-    return clientFromString(reactor, description)
+    if args.connect:
+        return clientFromString(reactor, description)
+    # Every address the name has (IPv6 and IPv4, several servers behind one
+    # name in DNS), tried in turn a moment apart: the first that accepts
+    # wins, so a dead server's address is passed over (``tcp:`` would try
+    # one address only).
+    return HostnameEndpoint(reactor, args.host.encode("idna"), args.port)
 
 
 def read_password(path: str) -> str:
