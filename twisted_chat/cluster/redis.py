@@ -5,11 +5,20 @@ a capped backoff after a restart or an outage).
 The Redis protocol is txredisapi's (with hiredis's parser when installed),
 the client Synapse's workers use for the same job. Only its protocols are
 used, with a factory of our own: the reconnecting is ClientService's, so
-what the link knows of the connections is two attributes, ``publisher`` and
-``subscribed``, set and cleared as connections come and go.
+what the link knows of the connections is a few attributes (``publisher``,
+``subscriber``, ``subscribed``), set and cleared as connections come and go.
 
 Redis is for notifications only: a publication lost while a connection is
 down costs time, not messages (the servers catch up from PostgreSQL).
+
+Both connections are pinged every PING_EVERY seconds. A subscriber only
+listens, so without it a silent cut (a half-open connection: a dead
+machine, a dropped route, a stopped Redis) would never be noticed: the
+server would go on believing itself subscribed, hear nobody, and judge
+every other server gone. txredisapi has ``ping`` and a per-command
+``replyTimeout`` (which aborts the connection) but no keepalive of its own;
+a ping unanswered for REPLY_TIMEOUT seconds drops the connection, and
+ClientService makes another.
 """
 
 from typing import Callable, Optional
@@ -17,6 +26,7 @@ from typing import Callable, Optional
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 import txredisapi
@@ -27,6 +37,10 @@ log = Logger()
 
 # Seconds without an answer before a connection is dropped (and made again).
 REPLY_TIMEOUT = 5.0
+# Seconds between keepalive pings on each connection: a silent cut is
+# noticed within PING_EVERY + REPLY_TIMEOUT, well before another server
+# would be judged gone (members.DEAD_AFTER).
+PING_EVERY = 5.0
 # Reconnection: at once, then backing off, but never more than this apart.
 RETRY_MAX = 2.0
 
@@ -107,6 +121,7 @@ class RedisLink(MultiService):
         self._received_cb = received
         self._subscribed_cb = subscribed
         self.publisher: Optional[_Publisher] = None
+        self.subscriber: Optional[_Subscriber] = None
         self.subscribed = False
         self.published = 0
         self.dropped = 0  # publications made while no connection was up
@@ -115,6 +130,23 @@ class RedisLink(MultiService):
                       prepareConnection=self._publisher_made).setServiceParent(self)
         ClientService(endpoint, _Factory(self, _Subscriber), retryPolicy=retry,
                       prepareConnection=self._subscriber_made).setServiceParent(self)
+        self._keepalive = LoopingCall(self._ping)
+
+    def startService(self):
+        super().startService()
+        self._keepalive.start(PING_EVERY, now=False)
+
+    def stopService(self):
+        if self._keepalive.running:
+            self._keepalive.stop()
+        return super().stopService()
+
+    def _ping(self):
+        for p in (self.publisher, self.subscriber):
+            if p is not None and p.connected:
+                # Unanswered, replyTimeout aborts the connection (and fails
+                # this Deferred): _lost and ClientService do the rest.
+                p.ping().addErrback(lambda failure: None)
 
     # -- connections -----------------------------------------------------------
 
@@ -126,6 +158,7 @@ class RedisLink(MultiService):
 
     def _subscriber_made(self, p):
         def subscribe(p):
+            self.subscriber = p
             return p.subscribe(self.channel)
 
         def ready(_):
@@ -142,7 +175,11 @@ class RedisLink(MultiService):
             if self.publisher is p:
                 self.publisher = None
                 log.warn("redis: publisher connection lost; reconnecting")
-        elif self.subscribed:
+        else:
+            if self.subscriber is p:
+                self.subscriber = None
+            if not self.subscribed:
+                return
             self.subscribed = False
             log.warn("redis: subscription lost; reconnecting (catching up from the "
                      "database meanwhile)")
