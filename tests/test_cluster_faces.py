@@ -64,7 +64,8 @@ def irc_port(server):
     return int(pattern.search(server.wait_for_log(pattern)).group(1))
 
 
-CAPS = ("multi-prefix", "away-notify", "setname", "account-notify", "extended-join")
+CAPS = ("multi-prefix", "away-notify", "setname", "account-notify", "extended-join",
+        "account-tag")
 
 
 class IRCAcrossTests(ClusterTestCase):
@@ -267,6 +268,13 @@ class IRCAcrossTests(ClusterTestCase):
         anna.send("WHOIS alice")
         self.assertEqual(anna.expect_msg("330").params[1:3], ["alice", "alice"])
         anna.expect_msg("318")
+        # account-tag: its messages (and private ones) carry its account.
+        line.send("hello from an account", "/msg anna psst")
+        said = anna.expect_msg("PRIVMSG", "#lobby")
+        self.assertEqual((said.params[1], said.tags.get("account")),
+                         ("hello from an account", "alice"))
+        said = anna.expect_msg("PRIVMSG", "anna")
+        self.assertEqual((said.params[1], said.tags.get("account")), ("psst", "alice"))
         # An away member of b joining a room: a's members learn it is away.
         bert.send("AWAY :gone fishing", "JOIN #pond")
         anna.send("JOIN #pond")

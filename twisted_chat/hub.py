@@ -1071,11 +1071,17 @@ class Hub:
         messages still waiting for their commit (they will have higher ids).
         """
         kind, key, _, nick, target, text, action, t = record
+        # The sender's account (IRC account-tag), as its server last said.
+        sender = self.cluster.member(fold(nick))
+        account = sender.account if sender is not None else None
         if kind != "message":
             recipient = self.members.get(fold(target))
             if recipient is not None and not recipient.gone:
-                recipient.deliver(Event.timed("private", t, id=msg_id, ts=None, **{
-                    "from": nick, "to": recipient.nick, "text": text}))
+                event = Event.timed("private", t, id=msg_id, ts=None, **{
+                    "from": nick, "to": recipient.nick, "text": text})
+                if account is not None:
+                    event.fields["_account"] = account
+                recipient.deliver(event)
             return
         self._sent_id = msg_id
         room = self.rooms.get(key)
@@ -1085,6 +1091,8 @@ class Hub:
         fields = {"id": msg_id, "ts": None, "room": room.name, "nick": nick, "text": text}
         if action:
             fields["action"] = True
+        if account is not None:
+            fields["_account"] = account
         room.broadcast(Event.timed("message", t, **fields))
 
     def remote_event(self, keys, event: Event, nick: Optional[str] = None,
