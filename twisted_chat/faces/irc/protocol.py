@@ -1090,16 +1090,12 @@ class IRCProtocol(Protocol):
             self._send_numeric("ERR_NOSUCHNICK", nick, "No such nick/channel")
             return self._send_numeric("RPL_ENDOFWHOIS", nick, "End of /WHOIS list")
         self._send_numeric("RPL_WHOISUSER", m.nick, m.nick, r.host, "*", _realname(m))
-        rooms = []
         if isinstance(m, Remote):  # a member of another server
-            for key, name in m.rooms.items():
-                marks = m.marks.get(key, "")
-                prefix = "@" if "o" in marks else "+" if "v" in marks else ""
-                rooms.append(prefix + channel(name))
+            marked = [(name, m.marks.get(key, "")) for key, name in m.rooms.items()]
         else:
-            for room in m.rooms:
-                prefix = "@" if hub.is_op(m, room) else "+" if m in room.voiced else ""
-                rooms.append(prefix + channel(room.name))
+            marked = [(room.name, self._marks(m, room)) for room in m.rooms]
+        rooms = [("@" if "o" in marks else "+" if "v" in marks else "") + channel(name)
+                 for name, marks in marked]
         if rooms:
             self._send_numeric("RPL_WHOISCHANNELS", m.nick, " ".join(rooms))
         self._send_numeric("RPL_WHOISSERVER", m.nick, r.server, hub.server_name)
