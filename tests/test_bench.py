@@ -9,6 +9,7 @@ import io
 import math
 import json
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import redirect_stdout
@@ -232,14 +233,27 @@ class ClusterScenarioTests(SynchronousTestCase):
         out = io.StringIO()
         with redirect_stdout(out):
             cli.main(["cluster", "--members", "40", "--senders", "4", "--rate", "20",
-                      "--duration", "1", "--json", path])
+                      "--duration", "1", "--rounds", "2", "--json", path])
         with open(path) as f:
             sc = json.load(f)["scenarios"]["cluster"]
-        self.check(sc["results"], 40, 20)
+        # two rounds, each on fresh servers (and a fresh Redis: the first
+        # round's nick claims would refuse the second's members)
+        rounds = sc["results"]["rounds"]
+        self.assertEqual(len(rounds), 2)
+        for one in rounds:
+            self.check(one, 40, 20)
+        # counts summed, latencies the rounds' medians
+        self.check(sc["results"], 40, 40)
+        for setup in ("alone", "cluster"):
+            self.assertEqual(sc["results"][setup]["p99"],
+                             (rounds[0][setup]["p99"] + rounds[1][setup]["p99"]) / 2)
+        self.assertEqual(sc["extra_p50_ms"],
+                         (rounds[0]["extra_p50"] + rounds[1]["extra_p50"]) / 2)
         self.assertEqual(sc["generator"], "python" if cgen.compiler() is None else "c")
         text = out.getvalue()
-        self.assertIn("cross-server extra p50", text)
-        self.assertIn("(cluster <= alone: ", text)
+        self.assertIn("cross-server extra p50 (median of 2 rounds, <= 5 ms): ", text)
+        self.assertIn("p99 (median of 2 rounds, cluster <= alone): ", text)
+        self.assertIn("round 2/2, cluster: 40/40 members registered", text)
 
     def test_the_python_generator_through_the_cluster_module(self):
         from twisted_chat.cluster import bench
@@ -424,3 +438,31 @@ class CommandLineTests(SynchronousTestCase):
             self.assertEqual(step["delivery"], 1.0, text)
             self.assertGreater(results[kind]["rss_idle_kb"], 0)
         return everything
+
+
+class ClusterTraceTests(SynchronousTestCase):
+    """The --trace summary of several rounds: message ids start again in each
+    round's database, so a round's messages are matched within it only."""
+
+    def write(self, directory, server, lines):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, server + ".trace"), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    def test_rounds_are_matched_each_within_itself(self):
+        from twisted_chat.cluster.trace import summary
+
+        top = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, top)
+        one, two = os.path.join(top, "round1"), os.path.join(top, "round2")
+        # round 1: message 1 committed on a at 1,000 µs, out on b 600 µs later
+        self.write(one, "a", ["commit 1000 1 500", "publish 1100 1", "out 1010 1"])
+        self.write(one, "b", ["heard 1500 1", "out 1600 1"])
+        # round 2, message 1 again (a fresh database): out on d 900 µs later
+        self.write(two, "c", ["commit 9000 1 8000", "publish 9200 1", "out 9020 1"])
+        self.write(two, "d", ["heard 9800 1", "out 9900 1"])
+        steps = {step: (ms, n) for step, ms, n in summary(one, two)}
+        self.assertEqual(steps["commit -> out in id order (other server)"], (0.9, 2))
+        self.assertEqual(steps["send -> commit (sender's server)"], (1.0, 2))
+        self.assertEqual(steps["publish -> heard (Redis, the other server's reading)"],
+                         (0.6, 2))

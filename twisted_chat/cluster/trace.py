@@ -74,15 +74,22 @@ def _median(values):
     return values[len(values) // 2] / 1000.0 if values else float("nan")
 
 
-def summary(directory: str):
+def summary(*directories: str):
     """Median milliseconds of each step of the messages the files show
-    (committed on one server, heard on another), as ``[(step, ms, n)]``."""
-    servers = read(directory)
+    (committed on one server, heard on another), as ``[(step, ms, n)]``;
+    of several directories (one a run: message ids start again in each),
+    the median over all their messages."""
     steps = {}
 
     def add(step, value):
         steps.setdefault(step, []).append(value)
 
+    for directory in directories:
+        _steps(read(directory), add)
+    return [(step, _median(values), len(values)) for step, values in steps.items()]
+
+
+def _steps(servers, add):
     for origin, stages in servers.items():
         for msg_id, (committed, stamp) in stages.get("commit", {}).items():
             if stamp is not None:
@@ -104,4 +111,3 @@ def summary(directory: str):
                 if far_out:
                     add("heard -> out in id order (other server)", far_out[0] - heard)
                     add("commit -> out in id order (other server)", far_out[0] - committed)
-    return [(step, _median(values), len(values)) for step, values in steps.items()]
