@@ -1,7 +1,8 @@
 """Every face in a cluster: an IRC client on one server, a browser's
 WebSocket on the other and a line client, one chat (issue 15); and what
 IRC shows of another server's members: their marks in NAMES and WHO, their
-away states, real names, accounts and old nicks, invitations across, and a
+away states, real names, accounts and old nicks, invitations across,
+LUSERS's counts of the whole cluster, and a
 registration welcomed under the nick asked for."""
 
 import json
@@ -201,6 +202,51 @@ class IRCAcrossTests(ClusterTestCase):
         self.eventually(line_a, "/who den", "names", lambda ev: "linus" in ev["nicks"])
         line_a.send("/invite linus den")
         self.assertEqual(line_a.expect_event("error")["code"], "usage")  # already in
+
+    def lusers(self, client, condition, timeout=10):
+        """Ask LUSERS until its replies (numeric -> the parameters after the
+        nick) meet ``condition``; the replies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            client.send("LUSERS")
+            said = {}
+            while "266" not in said:
+                m = client.msg()
+                said[m.command] = m.params[1:]
+            if condition(said):
+                return said
+            self.assertLess(time.monotonic(), deadline, f"never: {said}")
+            time.sleep(0.05)
+
+    def test_lusers_counts_the_whole_cluster(self):
+        a, b = self.server(), self.server()
+        anna = self.irc(a, "anna")
+        self.irc(b, "bert")
+        linus = self.client(b, "linus")  # a line client counts too
+        linus.send("/join dev")
+        linus.expect_event("names", room="dev")
+        said = self.lusers(anna, lambda said: said["254"][0] == "2")  # dev, on b only
+        self.assertEqual(said["251"], ["There are 3 users and 0 invisible on 2 servers"])
+        self.assertEqual(said["254"], ["2", "channels formed"])  # lobby and dev
+        self.assertEqual(said["255"], ["I have 1 clients and 1 servers"])
+        self.assertEqual(said["265"], ["1", "1", "Current local users 1, max 1"])
+        self.assertEqual(said["266"], ["3", "3", "Current global users 3, max 3"])
+        # The welcome's LUSERS counts the whole cluster too.
+        carl = IRCLineClient(irc_port(a))
+        self.addCleanup(carl.close)
+        carl.send("NICK carl", "USER carl 0 * :carl")
+        self.assertEqual(carl.expect_msg("251").params[1:],
+                         ["There are 4 users and 0 invisible on 2 servers"])
+        self.assertEqual(carl.expect_msg("254").params[1:], ["2", "channels formed"])
+        self.assertEqual(carl.expect_msg("255").params[1:], ["I have 2 clients and 1 servers"])
+        # A third server; linus goes, and dev with him.
+        self.server()
+        linus.send("/quit")
+        said = self.lusers(anna, lambda said: said["251"][0] ==
+                           "There are 3 users and 0 invisible on 3 servers"
+                           and said["254"][0] == "1")
+        self.assertEqual(said["255"], ["I have 2 clients and 2 servers"])
+        self.assertEqual(said["266"], ["3", "4", "Current global users 3, max 4"])
 
     def test_login_renames_a_guest_holding_the_nick_on_another_server(self):
         a, b = self.server(), self.server()

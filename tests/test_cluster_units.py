@@ -1,5 +1,7 @@
 """The cluster's parts without servers: the id order (Sequencer) driven by a
-Clock and a database answered by hand, and the ``--redis`` option."""
+Clock and a database answered by hand, the ``--redis`` option, and what
+a server keeps of the others' members (Members, fed publications by hand):
+the cluster's counts."""
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -7,8 +9,11 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from twisted_chat.cluster import endpoint_description
+from twisted_chat.cluster.members import DEAD_AFTER, Members
 from twisted_chat.cluster.sequence import FETCH_LIMIT, GAP_WAIT, Sequencer
+from twisted_chat.events import Event
 from twisted_chat.history import room_message
+from twisted_chat.hub import Hub
 from twisted_chat.tap import Options
 
 
@@ -178,3 +183,78 @@ class PublisherTests(SynchronousTestCase):
     def test_the_rest_is_the_transports(self):
         self.assertEqual(self.publisher.transport.getPeer(), self.transport.getPeer())
         self.assertIs(self.publisher.transport.socket, self.transport.socket)
+
+
+class _Link:
+    publisher = None  # no Redis: nicks are this server's word
+    subscribed = True
+
+
+def join(nick, room):
+    return ["join", nick, room, room, ["join", {"room": room, "nick": nick}], "", {}]
+
+
+def part(nick, room):
+    return ["part", nick, room, ["part", {"room": room, "nick": nick}]]
+
+
+class MembersTests(SynchronousTestCase):
+    """One server's hub and what it hears of others (servers b and c)."""
+
+    def setUp(self):
+        self.t = 1000.0
+        self.hub = Hub(clock=lambda: self.t)
+        self.published = []
+        self.cluster = Members(self.hub, "a" * 16, self.published.append, _Link(), Clock(),
+                               now=lambda: self.t)
+
+    def member(self, nick):
+        m = self.hub.connect(lambda event: None)
+        self.hub.set_nick(m, nick)
+        self.hub.register(m)
+        return m
+
+    def rooms(self):
+        """The cluster's rooms counted the long way: LUSERS's 254."""
+        return len(set(self.hub.rooms) | {k for k, v in self.cluster.rooms_index.items() if v})
+
+    def check(self, users, rooms):
+        self.assertEqual((self.hub.users(), self.hub.rooms_formed()), (users, rooms))
+        self.assertEqual(self.hub.rooms_formed(), self.rooms())
+
+    def test_users_and_rooms_of_the_whole_cluster(self):
+        self.check(0, 1)  # lobby
+        ann = self.member("ann")
+        self.check(1, 1)
+        self.cluster.heard("b", [join("bob", "lobby"), join("bob", "dev")])
+        self.check(2, 2)
+        self.hub.join(ann, "dev")  # dev is here now too: still one dev
+        self.check(2, 2)
+        self.cluster.heard("b", [part("bob", "dev")])
+        self.check(2, 2)
+        self.hub.part(ann, "dev")  # nobody in dev anywhere
+        self.check(2, 1)
+        self.cluster.heard("b", [join("bob", "x")])
+        self.cluster.heard("c", [["state", {"cy": [[["x", "x", ""], ["y", "y", "o"]], {}],
+                                            "cz": [[], {}]}]])
+        self.check(4, 3)
+        self.assertEqual(len(self.cluster.servers), 2)
+        self.cluster.heard("b", [["nick", "bob", "bobby", ["nick", {}]]])
+        self.check(4, 3)
+        self.hub.join(ann, "y")
+        self.check(4, 3)
+        self.assertEqual((self.hub.peak_count, self.hub.peak_users), (1, 4))
+        # A member b had not told of (a guest renamed before its first join).
+        self.cluster.heard("b", [["nick", "guestb-1", "dan", ["nick", {}]]])
+        self.check(5, 3)
+        self.assertEqual((self.hub.peak_count, self.hub.peak_users), (1, 5))
+        # c falls silent: gone, and its members with it; y is ann's alone.
+        self.t += DEAD_AFTER / 2
+        self.cluster.heard("b", [["hb"]])
+        self.t += DEAD_AFTER / 2 + 1
+        self.cluster.heartbeat()
+        self.assertEqual(list(self.cluster.servers), ["b"])
+        self.check(3, 3)
+        self.cluster.heard("b", [["quit", "bobby", ["quit", {}]]])
+        self.check(2, 2)  # lobby, y
+        self.assertEqual((self.hub.peak_count, self.hub.peak_users), (1, 5))

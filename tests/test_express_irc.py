@@ -126,7 +126,7 @@ class IRCExpressTests(IRCExpressTestCase):
         a.proto.dataReceived(b"PRIVMSG #lobby :m1\r\n")
         self.clock.advance(0)
         self.assertEqual([m.command for m in map(parse, b.lines())],
-                         ["PONG", "251", "254", "255", "PRIVMSG"])
+                         ["PONG", "251", "254", "255", "265", "266", "PRIVMSG"])
         self.assertIs(b.member.express, b.transport.socket)
 
     def test_a_paused_output_holds_the_share_and_comes_back_in_order(self):

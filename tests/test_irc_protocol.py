@@ -114,19 +114,34 @@ class RegistrationTests(IRCTestCase):
         def users():
             a.send("LUSERS")
             said = {m.command: m.params[-1] for m in a.messages()}
-            self.assertEqual(said["255"], f"I have {said['251'].split()[2]} clients and 0 servers")
+            n = said["251"].split()[2]
+            self.assertEqual(said["255"], f"I have {n} clients and 0 servers")
+            # Alone, the local and the global counts are the same.
+            self.assertRegex(said["265"], f"^Current local users {n}, max \\d+$")
+            self.assertEqual(said["266"], said["265"].replace("local", "global"))
             return said["251"]
 
         self.assertEqual(users(), "There are 2 users and 0 invisible on 1 servers")
         self.hub.join(line, "dev")  # joining a room registers a line member
         self.hub.register(line)  # (once)
         self.assertEqual(users(), "There are 3 users and 0 invisible on 1 servers")
+        a.send("LUSERS")
+        self.assertEqual([m.params[1:] for m in a.messages() if m.command == "254"],
+                         [["2", "channels formed"]])  # lobby and dev
         self.hub.disconnect(line)
         self.hub.disconnect(line)  # (once)
         early.send("USER early 0 * :E")
         self.assertEqual(users(), "There are 3 users and 0 invisible on 1 servers")
         self.conns[-1].send("QUIT :bye")
         self.assertEqual(users(), "There are 2 users and 0 invisible on 1 servers")
+        # 265 and 266 carry the counts as parameters too, with the most
+        # registered at once (alice, bob and the line member; early came
+        # after the line member had gone).
+        a.send("LUSERS")
+        said = {m.command: m.params[1:] for m in a.messages()}
+        self.assertEqual(said["265"], ["2", "3", "Current local users 2, max 3"])
+        self.assertEqual(said["266"], ["2", "3", "Current global users 2, max 3"])
+        self.assertEqual(said["254"], ["1", "channels formed"])  # dev went with the line member
 
     def test_no_motd(self):
         self.hub.motd = None

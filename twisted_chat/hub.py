@@ -320,6 +320,9 @@ class Hub:
         self.recent = RecentMessages(self.replay if keeps else 0, clock=self.clock)
         self.members: Dict[str, Member] = {}  # folded nick -> member
         self.registered_count = 0  # of them, those registered (IRC's LUSERS asks at each welcome)
+        # The most registered at once here, and in the whole chat as far as
+        # this server knew, since it started (IRC's 265 and 266).
+        self.peak_count = self.peak_users = 0
         self.rooms: Dict[str, Room] = {}  # folded name -> room
         # Rooms' lasting state as last saved (folded key -> RoomRecord),
         # also for rooms nobody is in: a room that comes back gets it back.
@@ -395,6 +398,29 @@ class Hub:
             fields["motd"] = self.motd
         return Event("welcome", fields)
 
+    def users(self) -> int:
+        """Registered members of the whole chat: this server's and, in a
+        cluster, the other servers' (O(servers): LUSERS asks at each welcome)."""
+        if self.cluster is None:
+            return self.registered_count
+        return self.registered_count + self.cluster.users()
+
+    def rooms_formed(self) -> int:
+        """Rooms of the whole chat: this server's (the default room
+        included) and, in a cluster, those with members on other servers
+        only (kept as a count: LUSERS asks at each welcome)."""
+        if self.cluster is None:
+            return len(self.rooms)
+        return len(self.rooms) + self.cluster.rooms_elsewhere()
+
+    def counted(self) -> None:
+        """A member registered here, or came on another server: the peaks."""
+        if self.registered_count > self.peak_count:
+            self.peak_count = self.registered_count
+        users = self.users()
+        if users > self.peak_users:
+            self.peak_users = users
+
     def may_appear(self, member: Member) -> bool:
         """Whether ``member`` may be seen or heard by others: on a server
         without guests, only once it has logged in."""
@@ -411,6 +437,7 @@ class Hub:
         if not member.registered and self.may_appear(member):
             member.registered = True
             self.registered_count += 1
+            self.counted()
             if not member.rooms:
                 self._join(member, self._room(self.default_room), None)
 
@@ -635,11 +662,12 @@ class Hub:
             self._admit(member, room, key)
         except ChatError:
             if not room.members and room.key != self.default_key:
-                del self.rooms[room.key]  # it was made for this attempt only
+                self._drop_room(room)  # it was made for this attempt only
             raise
         if not member.registered:
             member.registered = True
             self.registered_count += 1
+            self.counted()
         self._join(member, room, key)
 
     def _admit(self, member: Member, room: Room, key: Optional[str]) -> None:
@@ -1378,6 +1406,8 @@ class Hub:
         room = self.rooms.get(key)
         if room is None:
             room = self.rooms[key] = Room(name, self, self.saved.get(key))
+            if self.cluster is not None:
+                self.cluster.formed(key)
         return room
 
     def _to_rooms(self, rooms: List[Room], event: Event, exclude: Optional[Member] = None):
@@ -1439,12 +1469,17 @@ class Hub:
             room.op_guests.clear()
             room.invited.clear()
             if room.key != self.default_key:
-                del self.rooms[room.key]
+                self._drop_room(room)
                 self.recent.forget(room)
                 if room.presence is not None and room.presence.call is not None \
                         and room.presence.call.active():
                     room.presence.call.cancel()
                 room.presence = None
+
+    def _drop_room(self, room: Room) -> None:
+        del self.rooms[room.key]
+        if self.cluster is not None:
+            self.cluster.dropped(room.key)
 
 
 def _catch_up(member: Member) -> None:

@@ -119,6 +119,9 @@ class Members:
         # Invitations of this server's members by operators of other servers
         # (room keys), until they join or go: the room may have nobody here.
         self.invites: "WeakKeyDictionary" = WeakKeyDictionary()
+        # Rooms with members elsewhere that this server does not hold: with
+        # len(hub.rooms), the cluster's rooms, counted without a walk.
+        self._elsewhere_only = 0
         self._judging_from = now()  # no server is judged gone before this
         hub.cluster = self
         # Guests are guest<tag>-N: unique across the cluster without a claim.
@@ -164,6 +167,14 @@ class Members:
     def rooms(self) -> dict:
         return {key: [self.room_names.get(key, key), len(members)]
                 for key, members in self.rooms_index.items() if members}
+
+    def users(self) -> int:
+        """The other servers' members (O(servers): each server's are a dict)."""
+        return sum(len(server.members) for server in self.servers.values())
+
+    def rooms_elsewhere(self) -> int:
+        """Rooms with members on other servers that this server does not hold."""
+        return self._elsewhere_only
 
     # -- what happens here -----------------------------------------------------------
 
@@ -225,6 +236,16 @@ class Members:
         if keys is None:
             keys = self.invites[member] = set()
         keys.add(room_key)
+
+    def formed(self, key: str) -> None:
+        """The hub holds the room ``key`` now."""
+        if key in self.rooms_index:
+            self._elsewhere_only -= 1
+
+    def dropped(self, key: str) -> None:
+        """The hub no longer holds the room ``key``."""
+        if key in self.rooms_index:
+            self._elsewhere_only += 1
 
     def left(self, member, room, event: Event) -> None:
         self.publish(["part", member.nick, room.key, _wire(event)])
@@ -329,10 +350,11 @@ class Members:
         if remote is None:
             remote = server.members[fold(nick)] = Remote(nick, server, info)
             self.holders[fold(nick)] = remote
+            self.hub.counted()
         remote.rooms[key] = name
         if marks:
             remote.marks[key] = marks
-        self.rooms_index.setdefault(key, {})[fold(nick)] = remote
+        self._index(key, fold(nick), remote)
         self.room_names.setdefault(key, name)
         self.hub.remote_event([key], _event(event), nick, True)
         if remote.away is not None:
@@ -358,9 +380,10 @@ class Members:
         remote.nick = new
         server.members[fold(new)] = remote
         self.holders[fold(new)] = remote
+        self.hub.counted()  # (a member unknown till now counts from here)
         for key in remote.rooms:
             self._unindex(key, fold(old))
-            self.rooms_index.setdefault(key, {})[fold(new)] = remote
+            self._index(key, fold(new), remote)
         self.hub.remote_event(list(remote.rooms), _event(event))
 
     def _on_quit(self, server, nick, event):
@@ -426,8 +449,9 @@ class Members:
                 remote.rooms[room_key] = name
                 if marks:
                     remote.marks[room_key] = marks
-                self.rooms_index.setdefault(room_key, {})[key] = remote
+                self._index(room_key, key, remote)
                 self.room_names.setdefault(room_key, name)
+        self.hub.counted()
 
     def _forget(self, server):
         members, server.members = server.members, {}
@@ -457,12 +481,22 @@ class Members:
                     self.holders[key] = other
                     break
 
+    def _index(self, room_key, nick_key, remote):
+        members = self.rooms_index.get(room_key)
+        if members is None:
+            members = self.rooms_index[room_key] = {}
+            if room_key not in self.hub.rooms:
+                self._elsewhere_only += 1
+        members[nick_key] = remote
+
     def _unindex(self, room_key, nick_key):
         members = self.rooms_index.get(room_key)
         if members is not None:
             members.pop(nick_key, None)
             if not members:
                 del self.rooms_index[room_key]
+                if room_key not in self.hub.rooms:
+                    self._elsewhere_only -= 1
 
 
 def _marks(member, room) -> str:

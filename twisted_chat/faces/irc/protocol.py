@@ -744,12 +744,21 @@ class IRCProtocol(Protocol):
         ]
 
     def irc_LUSERS(self, params, msg):
+        # The whole chat's users and channels (every server of a cluster),
+        # this server's clients; counts the hub and the cluster keep, since
+        # each welcome asks (counting members would be O(members) a welcome).
         hub = self.factory.hub
-        users = hub.registered_count  # kept by the hub: counting members is O(members) a welcome
+        cluster = hub.cluster
+        others = len(cluster.servers) if cluster is not None else 0
+        local, users = hub.registered_count, hub.users()
         self._send_numeric("RPL_LUSERCLIENT", f"There are {users} users and 0 invisible on "
-                                              "1 servers")
-        self._send_numeric("RPL_LUSERCHANNELS", str(len(hub.rooms)), "channels formed")
-        self._send_numeric("RPL_LUSERME", f"I have {users} clients and 0 servers")
+                                              f"{1 + others} servers")
+        self._send_numeric("RPL_LUSERCHANNELS", str(hub.rooms_formed()), "channels formed")
+        self._send_numeric("RPL_LUSERME", f"I have {local} clients and {others} servers")
+        self._send_numeric("RPL_LOCALUSERS", str(local), str(hub.peak_count),
+                           f"Current local users {local}, max {hub.peak_count}")
+        self._send_numeric("RPL_GLOBALUSERS", str(users), str(hub.peak_users),
+                           f"Current global users {users}, max {hub.peak_users}")
 
     def irc_MOTD(self, params, msg):
         hub = self.factory.hub
