@@ -1,8 +1,8 @@
 """Every face in a cluster: an IRC client on one server, a browser's
 WebSocket on the other and a line client, one chat (issue 15); and what
 IRC shows of another server's members: their marks in NAMES and WHO, their
-away states, real names, accounts and old nicks, invitations across,
-LUSERS's counts of the whole cluster, and a
+away states, real names, accounts and old nicks, invitations across (and
+how long they last), LUSERS's counts of the whole cluster, and a
 registration welcomed under the nick asked for."""
 
 import json
@@ -202,6 +202,38 @@ class IRCAcrossTests(ClusterTestCase):
         self.eventually(line_a, "/who den", "names", lambda ev: "linus" in ev["nicks"])
         line_a.send("/invite linus den")
         self.assertEqual(line_a.expect_event("error")["code"], "usage")  # already in
+
+    def test_an_invitation_lasts_while_the_room_has_members_on_any_server(self):
+        a, b = self.server(), self.server()
+        anna, cara = self.irc(a, "anna"), self.irc(a, "cara")
+        anna.send("JOIN #den", "MODE #den +i")
+        anna.expect_msg("MODE", "#den", "+i")
+        bert, bea = self.irc(b, "bert"), self.irc(b, "bea")
+        self.until(anna, "WHOIS bea", "311", lambda got: got, "318")  # after bert's, from b
+        for nick in ("bert", "bea", "cara"):
+            anna.send(f"INVITE {nick} #den")
+            self.assertEqual(anna.expect_msg("341").params[1:], [nick, "#den"])
+        for invited in (bert, bea, cara):
+            invited.expect_msg("INVITE")
+        bert.send("JOIN #den")
+        bert.expect_msg("JOIN", "#den")
+        anna.expect_msg("JOIN", "#den")
+        # anna leaves: #den is empty on a, but bert is in it on b, so a
+        # keeps cara's invitation.
+        anna.send("PART #den")
+        anna.expect_msg("PART", "#den")
+        cara.send("JOIN #den")
+        cara.expect_msg("JOIN", "#den")
+        self.names(bea, "#den", lambda w: sorted(w) == ["bert", "cara"])  # b knows
+        # Both leave: #den has nobody on any server, and bea's invitation
+        # (kept by b, from a's operator) ends, as a single server's would.
+        bert.send("PART #den")
+        bert.expect_msg("PART", "#den")
+        cara.send("PART #den")
+        cara.expect_msg("PART", "#den")
+        self.names(bea, "#den", lambda w: w == [])  # b heard cara's part
+        bea.send("JOIN #den")
+        self.assertEqual(bea.expect_msg("473").params[1], "#den")  # invite-only
 
     def lusers(self, client, condition, timeout=10):
         """Ask LUSERS until its replies (numeric -> the parameters after the

@@ -1,7 +1,7 @@
 """The cluster's parts without servers: the id order (Sequencer) driven by a
 Clock and a database answered by hand, the ``--redis`` option, and what
 a server keeps of the others' members (Members, fed publications by hand):
-the cluster's counts."""
+the cluster's counts and how long invitations last."""
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -258,3 +258,53 @@ class MembersTests(SynchronousTestCase):
         self.cluster.heard("b", [["quit", "bobby", ["quit", {}]]])
         self.check(2, 2)  # lobby, y
         self.assertEqual((self.hub.peak_count, self.hub.peak_users), (1, 5))
+
+    def invite(self, nick, room):
+        self.cluster.heard("b", [["act", "invite", room, nick, "bob", room]])
+
+    def test_an_invitation_from_another_server_ends_when_the_room_empties_everywhere(self):
+        ann = self.member("ann")
+        self.cluster.heard("b", [join("bob", "den"), join("bea", "den")])
+        self.invite("ann", "den")
+        self.assertTrue(self.cluster.invited(ann, "den"))
+        self.cluster.heard("b", [part("bob", "den")])  # bea is still in
+        self.assertTrue(self.cluster.invited(ann, "den"))
+        # A rename takes bea out of den's index and back: not an empty room.
+        self.cluster.heard("b", [["nick", "bea", "beatrix", ["nick", {}]]])
+        self.assertTrue(self.cluster.invited(ann, "den"))
+        self.cluster.heard("b", [["quit", "beatrix", ["quit", {}]]])
+        self.assertFalse(self.cluster.invited(ann, "den"))
+
+    def test_an_invitation_lasts_while_a_member_is_here_or_elsewhere(self):
+        ann, cid = self.member("ann"), self.member("cid")
+        self.cluster.heard("b", [join("bob", "den")])
+        self.invite("ann", "den")
+        self.hub.join(cid, "den")
+        self.cluster.heard("b", [part("bob", "den")])  # cid is in den here
+        self.assertTrue(self.cluster.invited(ann, "den"))
+        self.hub.part(cid, "den")
+        self.assertFalse(self.cluster.invited(ann, "den"))
+        # The same for a server's state that no longer has the room's last
+        # member, and for a server gone.
+        self.cluster.heard("b", [join("bob", "den")])
+        self.invite("ann", "den")
+        self.cluster.heard("b", [["state", {"bob": [[["den", "den", ""]], {}]}]])
+        self.assertTrue(self.cluster.invited(ann, "den"))
+        self.cluster.heard("b", [["state", {"bob": [[], {}]}]])
+        self.assertFalse(self.cluster.invited(ann, "den"))
+        self.cluster.heard("b", [join("bob", "den")])
+        self.invite("ann", "den")
+        self.t += DEAD_AFTER + 1
+        self.cluster.heartbeat()
+        self.assertFalse(self.cluster.invited(ann, "den"))
+
+    def test_an_invitation_here_outlasts_the_rooms_last_member_here(self):
+        ann, cid = self.member("ann"), self.member("cid")
+        self.hub.join(ann, "den")  # its first member: its operator
+        self.cluster.heard("b", [join("bob", "den")])
+        self.hub.invite(ann, "cid", "den")
+        self.hub.part(ann, "den")  # bob, elsewhere, is still in den
+        self.assertNotIn("den", self.hub.rooms)
+        self.assertTrue(self.cluster.invited(cid, "den"))
+        self.cluster.heard("b", [part("bob", "den")])
+        self.assertFalse(self.cluster.invited(cid, "den"))

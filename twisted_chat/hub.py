@@ -1465,8 +1465,12 @@ class Hub:
             member.active = next(reversed(member.rooms), None)
         if not room.members:
             # Guests' operator status and invitations last while the room
-            # has members; what is saved stays in self.saved.
+            # has members (invitations: on any server; the cluster keeps
+            # them while it has members elsewhere); what is saved stays in
+            # self.saved.
             room.op_guests.clear()
+            if self.cluster is not None:
+                self.cluster.emptied(room)
             room.invited.clear()
             if room.key != self.default_key:
                 self._drop_room(room)

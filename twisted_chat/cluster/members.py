@@ -116,12 +116,16 @@ class Members:
         self.rooms_index: Dict[str, Dict[str, Remote]] = {}  # room key -> {nick key: member}
         self.room_names: Dict[str, str] = {}
         self.holders: Dict[str, Remote] = {}  # folded nick -> member, of other servers
-        # Invitations of this server's members by operators of other servers
-        # (room keys), until they join or go: the room may have nobody here.
+        # Invitations of this server's members (room keys) that this server
+        # keeps: by operators of other servers (the room may have nobody
+        # here), or to a room that emptied here while it has members
+        # elsewhere. Each lasts until the member joins or goes, or the room
+        # has nobody on any server (as a single server's invitations).
         self.invites: "WeakKeyDictionary" = WeakKeyDictionary()
         # Rooms with members elsewhere that this server does not hold: with
         # len(hub.rooms), the cluster's rooms, counted without a walk.
         self._elsewhere_only = 0
+        self._vacated = set()  # room keys nobody elsewhere is in any more
         self._judging_from = now()  # no server is judged gone before this
         hub.cluster = self
         # Guests are guest<tag>-N: unique across the cluster without a claim.
@@ -237,6 +241,15 @@ class Members:
             keys = self.invites[member] = set()
         keys.add(room_key)
 
+    def emptied(self, room) -> None:
+        """The last member here left ``room``: its invitations last while it
+        has members elsewhere (this server keeps them), else they end."""
+        if room.key in self.rooms_index:
+            for member in room.invited:
+                self.invite(member, room.key)
+        else:
+            self._end_invites(room.key)
+
     def formed(self, key: str) -> None:
         """The hub holds the room ``key`` now."""
         if key in self.rooms_index:
@@ -320,6 +333,7 @@ class Members:
                     log.info("cluster: server {id} is gone (silent for {s:.0f} s); its "
                              "members quit", id=server.id, s=now - server.heard)
                     self._drop(server)
+            self._settle()
 
     def heard(self, server_id: str, items: list) -> None:
         """A publication of another server (its presence items)."""
@@ -334,6 +348,7 @@ class Members:
                 getattr(self, "_on_" + kind)(server, *item[1:])
             except Exception:
                 log.failure("cluster: presence item {kind}", kind=kind)
+        self._settle()
 
     def _on_hb(self, server):
         pass
@@ -497,6 +512,25 @@ class Members:
                 del self.rooms_index[room_key]
                 if room_key not in self.hub.rooms:
                     self._elsewhere_only -= 1
+                self._vacated.add(room_key)
+
+    def _settle(self):
+        """After a publication (or a server gone): the rooms that nobody
+        elsewhere is in any more, and nobody here either, end their
+        invitations. (Not at once: a rename or a server's new state takes
+        its members out of a room's index and puts them back.)"""
+        if not self._vacated:
+            return
+        vacated, self._vacated = self._vacated, set()
+        for key in vacated:
+            if key not in self.rooms_index:
+                room = self.hub.rooms.get(key)
+                if room is None or not room.members:
+                    self._end_invites(key)
+
+    def _end_invites(self, key):
+        for keys in list(self.invites.values()):
+            keys.discard(key)
 
 
 def _marks(member, room) -> str:
