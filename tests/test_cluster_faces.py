@@ -280,6 +280,16 @@ class IRCAcrossTests(ClusterTestCase):
         self.assertEqual(said["255"], ["I have 2 clients and 2 servers"])
         self.assertEqual(said["266"], ["3", "4", "Current global users 3, max 4"])
 
+    def test_whowas_on_a_server_started_later(self):
+        a = self.server()
+        anna = self.irc(a, "anna")
+        anna.send("SETNAME :Anna Annson", "NICK anya")
+        anna.expect_msg("NICK", "anya")
+        b = self.server()  # it learns, from a's answer, what a remembers
+        bert = self.irc(b, "bert")
+        was = self.until(bert, "WHOWAS anna", "314", lambda got: got, "369")
+        self.assertEqual([(m.params[1], m.params[-1]) for m in was], [("anna", "Anna Annson")])
+
     def test_login_renames_a_guest_holding_the_nick_on_another_server(self):
         a, b = self.server(), self.server()
         watcher = self.irc(a, "watcher")

@@ -259,6 +259,19 @@ class MembersTests(SynchronousTestCase):
         self.check(2, 2)  # lobby, y
         self.assertEqual((self.hub.peak_count, self.hub.peak_users), (1, 5))
 
+    def test_a_new_server_learns_the_nicks_given_up_from_the_first_answer(self):
+        self.hub.departed_elsewhere("ann", "Ann", None)  # heard here, and by b
+        self.t += 1
+        self.cluster.subscribed()
+        older = [["bob", "bob", None, None, 900.0], ["ann", "ann", "Ann", None, 999.5]]
+        self.cluster.heard("b", [["state", {}, older]])
+        self.assertEqual([entry[0] for entry in self.hub.departures()], ["bob", "ann"])
+        self.assertEqual(self.hub.departed("bob"), [("bob", None, None, 900.0)])
+        # Once: c's answer (with the same and more) is not taken.
+        self.cluster.heard("c", [["state", {}, older + [["cy", "cy", None, None, 999.0]]]])
+        self.assertEqual(self.hub.departed("cy"), [])
+        self.assertEqual(len(self.hub.departures()), 2)
+
     def invite(self, nick, room):
         self.cluster.heard("b", [["act", "invite", room, nick, "bob", room]])
 

@@ -42,6 +42,9 @@ DEFAULT_MAX_ROOMS = 50  # rooms per connection (twistd chat --max-rooms)
 MAX_AWAY = 300  # characters of an away message
 MAX_REALNAME = 64  # characters of a real name
 KEEP_DEPARTED = 1000  # nicks remembered after they are left behind (Hub.departed)
+# Seconds apart within which two servers' entries of the same nick given up
+# are one departure (each server dates what it heard by its own clock).
+DEPARTED_SAME = 5.0
 
 _NOT_STORED = error("not-stored", "the server could not store your message, so nobody "
                     "received it; try again later")
@@ -589,6 +592,23 @@ class Hub:
                            account: Optional[str]) -> None:
         """A member of another server gave ``nick`` up (WHOWAS, cluster-wide)."""
         self._departed.append((fold(nick), nick, realname, account, self.clock()))
+
+    def departures(self) -> list:
+        """The nicks given up that this server remembers, oldest first: the
+        entries of departed(), for a server that joins the cluster."""
+        return list(self._departed)
+
+    def learn_departures(self, entries) -> None:
+        """Older nicks given up, from another server (for a server that has
+        just joined the cluster): they go before ours, without those we
+        heard of ourselves meanwhile."""
+        ours = list(self._departed)
+        heard = {entry[:4]: entry[4] for entry in ours}
+        older = [tuple(entry) for entry in entries
+                 if abs(heard.get(tuple(entry[:4]), -1e9) - entry[4]) > DEPARTED_SAME]
+        self._departed.clear()
+        self._departed.extend(older)
+        self._departed.extend(ours)  # (the deque drops the oldest beyond its length)
 
     def departed(self, nick: str, limit: int = 5) -> list:
         """Who last had ``nick`` and gave it up (renamed, or gone), newest

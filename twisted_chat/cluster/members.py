@@ -5,7 +5,8 @@ Each server tells the others, through Redis publications, of its members'
 joins, parts, kicks, quits and renames (the very events its own members
 get, so every face renders them as it renders its own) and, when it
 subscribes, the whole of its membership (``hello``; the others answer with
-theirs, ``state``). From that each server keeps, per other server, who is
+theirs, ``state``, and with the nicks given up that they remember, for a
+new server's WHOWAS). From that each server keeps, per other server, who is
 in which rooms, with its operator and voice marks there, and what it says
 of itself (away message, real name, account): ``names``, ``/who`` and
 ``/rooms`` list the whole cluster, and a member's away state, real name or
@@ -127,6 +128,9 @@ class Members:
         self._elsewhere_only = 0
         self._vacated = set()  # room keys nobody elsewhere is in any more
         self._judging_from = now()  # no server is judged gone before this
+        # Until when a state answer's nicks given up (WHOWAS) are taken: once,
+        # in the first DEAD_AFTER seconds after the first subscription.
+        self._departures_until: Optional[float] = None
         hub.cluster = self
         # Guests are guest<tag>-N: unique across the cluster without a claim.
         hub.guest_prefix = f"guest{server_id[:4]}-"
@@ -302,6 +306,8 @@ class Members:
         """(Re)subscribed: say who is here, ask the others; claim our nicks
         again (Redis may have restarted empty); judge nobody for a while."""
         self._judging_from = self.now() + DEAD_AFTER
+        if self._departures_until is None:
+            self._departures_until = self.now() + DEAD_AFTER
         for server in self.servers.values():
             server.heard = self.now()
         self.publish(["hello", self.state()])
@@ -355,10 +361,16 @@ class Members:
 
     def _on_hello(self, server, state):
         self._replace(server, state)
-        self.publish(["state", self.state()])
+        # The nicks given up that this server remembers go with it: a
+        # server that has just started knows no older ones (WHOWAS).
+        self.publish(["state", self.state(), self.hub.departures()])
 
-    def _on_state(self, server, state):
+    def _on_state(self, server, state, departures=()):
         self._replace(server, state)
+        if departures and self._departures_until is not None \
+                and self.now() < self._departures_until:
+            self._departures_until = 0.0  # from one server only: each has them all
+            self.hub.learn_departures(departures)
 
     def _on_join(self, server, nick, key, name, event, marks="", info=None):
         remote = server.members.get(fold(nick))
