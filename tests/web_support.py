@@ -52,9 +52,12 @@ class HandshakeRefused(Exception):
 class WSClient:
     """A blocking WebSocket client speaking the chat's JSON events."""
 
-    def __init__(self, port, origin="self", path="/ws", timeout=DEFAULT_TIMEOUT):
+    def __init__(self, port, origin="self", path="/ws", timeout=DEFAULT_TIMEOUT, preamble=b""):
+        # ``preamble``: bytes sent before the handshake (a PROXY header)
         self.timeout = timeout
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if preamble:
+            self.sock.sendall(preamble)
         key = base64.b64encode(os.urandom(16))
         lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key.decode()}",

@@ -48,6 +48,26 @@ def with_backlog(description: str, backlog: int) -> str:
     return description
 
 
+# A listener behind a load balancer that sends the PROXY header.
+PROXIED = "haproxy:"
+
+
+def listener(reactor, description: str, backlog: int):
+    """The server endpoint of a --port, --irc or --web description;
+    ``haproxy:...`` reads each connection's PROXY header before the chat
+    sees it (:mod:`.proxyheader`)."""
+    if description[:len(PROXIED)].lower() != PROXIED:
+        return serverFromString(reactor, with_backlog(description, backlog))
+    from .proxyheader import ProxyHeaderEndpoint
+
+    inner = description[len(PROXIED):]
+    if inner.split(":", 1)[0].lower() == "ssl":
+        # The balancer's header comes before the TLS handshake, which the
+        # ssl: endpoint would take it for.
+        raise ValueError("the PROXY header comes before TLS: give haproxy:tcp:... and let "
+                         "the balancer end TLS")
+    return ProxyHeaderEndpoint(serverFromString(reactor, with_backlog(inner, backlog)))
+
 
 class Options(AuthOptionMixin, usage.Options):
     synopsis = "[options]"
@@ -132,13 +152,13 @@ class Options(AuthOptionMixin, usage.Options):
             raise usage.UsageError(f"bad --admin {value!r}: {e.message}")
 
     def opt_port(self, value):
-        """Listen on this endpoint (repeatable): tcp:5000, tcp:5000:interface=127.0.0.1, unix:/tmp/chat.sock, or a bare port number. Default: tcp:5000 (all interfaces)."""  # noqa: E501
+        """Listen on this endpoint (repeatable): tcp:5000, tcp:5000:interface=127.0.0.1, unix:/tmp/chat.sock, or a bare port number; haproxy:tcp:5000 behind a load balancer that sends the PROXY header (docs/operations.rst). Default: tcp:5000 (all interfaces)."""  # noqa: E501
         self["ports"].append(endpoint_description(value))
 
     opt_p = opt_port
 
     def opt_web(self, value):
-        """Serve the browser client (a page at /, its WebSocket at /ws) on this endpoint (repeatable): tcp:8080, ssl:8443:privateKey=key.pem:certKey=cert.pem, or a bare port number. Default: none."""  # noqa: E501
+        """Serve the browser client (a page at /, its WebSocket at /ws) on this endpoint (repeatable): tcp:8080, ssl:8443:privateKey=key.pem:certKey=cert.pem, or a bare port number; haproxy:tcp:8080 behind a PROXY-header balancer. Default: none."""  # noqa: E501
         self["web"].append(endpoint_description(value))
 
     def opt_web_origin(self, value):
@@ -153,7 +173,7 @@ class Options(AuthOptionMixin, usage.Options):
         self["web-origins"].append(value)
 
     def opt_irc(self, value):
-        """Also serve IRC clients on this endpoint (repeatable): tcp:6667, ssl:6697:privateKey=KEY:certKey=CERT, or a bare port number (docs/irc.rst)."""  # noqa: E501
+        """Also serve IRC clients on this endpoint (repeatable): tcp:6667, ssl:6697:privateKey=KEY:certKey=CERT, or a bare port number; haproxy:tcp:6667 behind a PROXY-header balancer (docs/irc.rst)."""  # noqa: E501
         self["irc"].append(endpoint_description(value))
 
     def postOptions(self):
@@ -180,8 +200,7 @@ class Options(AuthOptionMixin, usage.Options):
             raise usage.UsageError("--admin names accounts: give --auth too")
         for description in self["ports"]:
             try:
-                endpoints.append(serverFromString(
-                    reactor, with_backlog(description, self["listen-backlog"])))
+                endpoints.append(listener(reactor, description, self["listen-backlog"]))
             except Exception as e:  # the parser raises many types; all mean "bad"
                 raise usage.UsageError(f"bad --port {description!r}: {e}")
         self["endpoints"] = endpoints
@@ -194,15 +213,15 @@ class Options(AuthOptionMixin, usage.Options):
         self["web-endpoints"] = []
         for description in self["web"]:
             try:
-                self["web-endpoints"].append(serverFromString(
-                    reactor, with_backlog(description, self["listen-backlog"])))
+                self["web-endpoints"].append(
+                    listener(reactor, description, self["listen-backlog"]))
             except Exception as e:
                 raise usage.UsageError(f"bad --web {description!r}: {e}")
         self["irc-endpoints"] = []
         for description in self["irc"]:
             try:
-                self["irc-endpoints"].append(serverFromString(
-                    reactor, with_backlog(description, self["listen-backlog"])))
+                self["irc-endpoints"].append(
+                    listener(reactor, description, self["listen-backlog"]))
             except Exception as e:  # the parser raises many types; all mean "bad"
                 raise usage.UsageError(f"bad --irc {description!r}: {e}")
         try:

@@ -47,6 +47,7 @@ def writer(transport, output=None):
     instead of two: at 10,000 members the Python around each ``send`` is a
     fifth of the fan-out's time.
     """
+    transport = under(transport)
     if type(transport) not in (tcp.Server, tcp.Client):
         return None
     send = transport.socket.send
@@ -77,6 +78,14 @@ def writer(transport, output=None):
         output.changed()
 
     return direct
+
+
+def under(transport):
+    """What to write to for ``transport``: the TCP transport under a
+    PROXY-header wrapper (:mod:`twisted_chat.proxyheader`), whose writes
+    and producer calls pass straight through to it; else ``transport``."""
+    # the class, not the object: wrappers forward unknown attributes to what they wrap
+    return transport.transport if getattr(type(transport), "writes_through", False) else transport
 
 
 _send = socket.socket.send

@@ -55,6 +55,7 @@ class BoundedOutput:
     backlog = ()
 
     def __init__(self, transport, limit: int, overflow, changed=None):
+        transport = directwrite.under(transport)
         self.transport = transport
         self.limit = limit
         self.overflow = overflow
