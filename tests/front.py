@@ -22,6 +22,8 @@ import re
 import subprocess
 import sys
 
+from twisted_chat.procs import stop_process
+
 LISTENING = re.compile(rb"front listening on (\d+)")
 
 
@@ -41,13 +43,7 @@ class Front:
         self.port = int(match.group(1))
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc.stdout.close()
 
 

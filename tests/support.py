@@ -17,6 +17,8 @@ import tempfile
 import threading
 import time
 
+from twisted_chat.procs import stop_process
+
 DEFAULT_TIMEOUT = 15.0
 
 
@@ -140,13 +142,7 @@ class ChatServer:
         while self._clients:
             self._clients.pop().close()
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-            try:
-                code = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                code = self.proc.wait()
+            code = stop_process(self.proc, timeout, sig)
             # Let the reader drain to EOF first: closing the pipe under a
             # reading thread makes it raise (PyMemoryView_FromBuffer).
             self._reader.join(5)

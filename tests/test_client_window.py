@@ -15,6 +15,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_chat.procs import stop_process
+
 from .certs import self_signed
 from .support import ChatServer
 from .window_support import WindowClient, Xvfb, display, tkinter_missing
@@ -442,7 +444,7 @@ class WindowManagerTests(SynchronousTestCase):
         self.env = dict(os.environ, DISPLAY=self.display)
         wm = subprocess.Popen(["openbox"], env=self.env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(_end, wm)
+        self.addCleanup(stop_process, wm)
         deadline = time.monotonic() + 20
         while self.wmctrl("-m").returncode != 0:  # until the WM answers
             if time.monotonic() > deadline:
@@ -480,15 +482,6 @@ class WindowManagerTests(SynchronousTestCase):
         self.assertEqual(bob.wait_exit(), 0, bob.errors())
         self.assertNotIn("Traceback", bob.errors())
         alice.wait_for(has_line("bob quit (quit", "system"), "bob's goodbye")
-
-
-def _end(proc):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class HistoryWindowTests(WindowTestCase):

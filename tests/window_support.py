@@ -10,11 +10,12 @@ import os
 import queue
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
+
+from twisted_chat.procs import stop_process, wait_or_kill
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tk_driver.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,13 +71,8 @@ class Xvfb:
         return self.display
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def display(test):
@@ -180,11 +176,7 @@ class WindowClient:
                 self.proc.stdin.close()  # the driver closes the window on EOF
             except OSError:
                 pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait()
+            wait_or_kill(self.proc, 10)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()

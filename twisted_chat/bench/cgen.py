@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import tempfile
 
+from ..procs import wait_or_kill
+
 FACES = ("line", "irc", "ws")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cgen.c")
 
@@ -113,11 +115,7 @@ class CLoadGenerator:
                 self.proc.stdin.close()
             except OSError:
                 pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            wait_or_kill(self.proc, 10)
             self.proc.stdout.close()
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -17,6 +17,8 @@ import threading
 import time
 import shutil
 
+from ..procs import stop_process
+
 
 def raise_fd_limit():
     """Raise the open-file soft limit to the hard limit; return the soft limit."""
@@ -105,13 +107,8 @@ class ServerProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 
 from ..history.pgtemp import free_port
+from ..procs import stop_process
 
 
 def why_not() -> str:
@@ -75,13 +76,8 @@ class RedisServer:
             return ""
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 15)
         self.proc = None
 
     def destroy(self):
