@@ -50,6 +50,34 @@ def masked(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def factories(face, clock):
+    """A new hub on ``clock``, its line-protocol factory and ``face``'s
+    (the same one for ``line``), every limit out of the way: what the
+    measurements build their members from."""
+    hub = Hub(clock=clock.seconds)
+    line = ChatFactory(hub, clock=clock, rate=1e9, burst=10 ** 9, max_clients=0,
+                       max_per_ip=0)
+    if face == "line":
+        return line, line
+    if face.startswith("irc"):
+        return line, IRCFactory(hub, turn=line.turn, rate=1e9, burst=10 ** 9)
+    from twisted_chat.web.session import WebSocketFactory
+
+    web = WebSocketFactory(line)
+    web.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
+                           autoPingInterval=0, autoPingTimeout=0)
+    return line, web
+
+
+def open_websocket(proto):
+    """Send a WebSocket session ``proto`` a browser's opening handshake."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    proto.dataReceived((
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: "
+        f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("face", choices=["line", "irc", "irc-tags", "ws"])
@@ -59,24 +87,14 @@ def main():
     a = ap.parse_args()
 
     clock = Clock()
-    hub = Hub(clock=clock.seconds)
-    line = ChatFactory(hub, clock=clock, rate=1e9, burst=10 ** 9, max_clients=0,
-                       max_per_ip=0)
-    irc = IRCFactory(hub, turn=line.turn, rate=1e9, burst=10 ** 9)
-    if a.face == "ws":
-        from twisted_chat.web.session import WebSocketFactory
-
-        web = WebSocketFactory(line)
-        web.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
-                               autoPingInterval=0, autoPingTimeout=0)
+    line, factory = factories(a.face, clock)
     reactor = MemoryReactor()
     listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
     conns = []  # (protocol, transport, client socket or None)
 
     def connect(i, face):
         addr = IPv4Address("TCP", "127.0.0.1", 10000 + i)
-        factory = line if face == "line" else web if face == "ws" else irc
-        proto = factory.buildProtocol(addr)
+        proto = (line if face == "line" else factory).buildProtocol(addr)
         if a.tcp:
             peer = socket.create_connection(listener.getsockname())
             peer.setblocking(False)
@@ -87,11 +105,7 @@ def main():
             peer, transport = None, StringTransport(peerAddress=addr)
         proto.makeConnection(transport)
         if face == "ws":
-            key = base64.b64encode(os.urandom(16)).decode()
-            proto.dataReceived((
-                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: "
-                f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode())
+            open_websocket(proto)
             proto.dataReceived(masked(f"/nick u{i}".encode()))
         elif face == "line":
             proto.dataReceived(f"/nick u{i}\n".encode())

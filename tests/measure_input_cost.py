@@ -13,7 +13,6 @@ measures. ``--profile`` prints cProfile's top functions.
 """
 
 import argparse
-import base64
 import cProfile
 import os
 import pstats
@@ -27,11 +26,7 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
-from measure_face_fanout import masked  # noqa: E402
-from twisted_chat.faces.irc.protocol import IRCFactory  # noqa: E402
-from twisted_chat.hub import Hub  # noqa: E402
-from twisted_chat.protocol import ChatFactory  # noqa: E402
-from twisted_chat.web.session import WebSocketFactory  # noqa: E402
+from measure_face_fanout import factories, masked, open_websocket  # noqa: E402
 
 TEXT = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx T0000001234567890"  # the benchmark's
 
@@ -44,16 +39,7 @@ def main():
     a = ap.parse_args()
 
     clock = Clock()
-    hub = Hub(clock=clock.seconds)
-    line = ChatFactory(hub, clock=clock, rate=1e9, burst=10 ** 9, max_clients=0,
-                       max_per_ip=0)
-    factory = line
-    if a.face == "irc":
-        factory = IRCFactory(hub, turn=line.turn, rate=1e9, burst=10 ** 9)
-    elif a.face == "ws":
-        factory = WebSocketFactory(line)
-        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
-                                   autoPingInterval=0, autoPingTimeout=0)
+    _, factory = factories(a.face, clock)
 
     def connect(i):
         addr = IPv4Address("TCP", "127.0.0.1", 10000 + i)
@@ -61,11 +47,7 @@ def main():
         transport = StringTransport(peerAddress=addr)
         proto.makeConnection(transport)
         if a.face == "ws":
-            key = base64.b64encode(os.urandom(16)).decode()
-            proto.dataReceived((
-                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: "
-                f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode())
+            open_websocket(proto)
             proto.dataReceived(masked(b"/join lobby"))
         elif a.face == "line":
             proto.dataReceived(f"/nick u{i}\n/join lobby\n".encode())
