@@ -23,13 +23,7 @@ from twisted_chat.events import JSON
 from twisted_chat.hub import Hub
 from twisted_chat.protocol import ChatFactory
 
-
-class _Port:
-    def __init__(self):
-        self._realPortNumber = 0
-
-    def _buildAddr(self, addr):
-        return IPv4Address("TCP", *addr)
+from .loopback import Port, accept
 
 
 class TCPConn:
@@ -37,15 +31,11 @@ class TCPConn:
 
     def __init__(self, case, listener, factory=None):
         self.case = case
-        self.peer = socket.create_connection(listener.getsockname())
-        case.addCleanup(self.peer.close)
+        self.peer, sock, addr = accept(case, listener)
         self.peer.setblocking(False)
-        sock, addr = listener.accept()
-        sock.setblocking(False)
-        case.addCleanup(sock.close)
         factory = case.factory if factory is None else factory
         self.proto = factory.buildProtocol(IPv4Address("TCP", *addr))
-        self.transport = tcp.Server(sock, self.proto, addr, _Port(), 1, case.reactor)
+        self.transport = tcp.Server(sock, self.proto, addr, Port(), 1, case.reactor)
         self.proto.makeConnection(self.transport)
         case.addCleanup(self.lost)
         self.buffer = b""

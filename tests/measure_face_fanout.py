@@ -33,13 +33,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport  # noqa: E40
 from twisted_chat.faces.irc.protocol import IRCFactory  # noqa: E402
 from twisted_chat.hub import Hub  # noqa: E402
 from twisted_chat.protocol import ChatFactory  # noqa: E402
-
-
-class _Port:
-    _realPortNumber = 0
-
-    def _buildAddr(self, addr):
-        return IPv4Address("TCP", *addr)
+from tests.loopback import Port  # noqa: E402
 
 
 def masked(payload: bytes) -> bytes:
@@ -100,7 +94,7 @@ def main():
             peer.setblocking(False)
             sock, peer_addr = listener.accept()
             sock.setblocking(False)
-            transport = tcp.Server(sock, proto, peer_addr, _Port(), 1, reactor)
+            transport = tcp.Server(sock, proto, peer_addr, Port(), 1, reactor)
         else:
             peer, transport = None, StringTransport(peerAddress=addr)
         proto.makeConnection(transport)

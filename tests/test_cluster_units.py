@@ -16,6 +16,8 @@ from twisted_chat.history import room_message
 from twisted_chat.hub import Hub
 from twisted_chat.tap import Options
 
+from .loopback import accept, receive, server
+
 
 def record(text):
     return room_message("lobby", "lobby", "x", text, 0.0)
@@ -138,45 +140,27 @@ class PublisherTests(SynchronousTestCase):
             raise SkipTest(f"txredisapi is not installed: {e}")
         import socket
 
-        from twisted.internet import tcp
-        from twisted.internet.address import IPv4Address
-        from twisted.internet.error import ConnectionDone
         from twisted.internet.testing import MemoryReactor
-        from twisted.python.failure import Failure
-
-        class Port:
-            _realPortNumber = 0
-
-            def _buildAddr(self, addr):
-                return IPv4Address("TCP", *addr)
 
         listener = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(listener.close)
-        self.peer = socket.create_connection(listener.getsockname())
-        self.addCleanup(self.peer.close)
-        sock, addr = listener.accept()
-        sock.setblocking(False)
-        self.addCleanup(sock.close)
+        self.peer, sock, addr = accept(self, listener)
+
         class Link:
             def _lost(self, protocol, which):
                 pass
 
         self.publisher = redis._Factory(Link(), redis._Publisher).buildProtocol(addr)
         self.publisher.callLater = Clock().callLater  # its reply timeout: not the reactor's
-        self.transport = tcp.Server(sock, self.publisher, addr, Port(), 1, MemoryReactor())
-        self.addCleanup(self.transport.connectionLost, Failure(ConnectionDone()))
+        self.transport = server(self, sock, addr, self.publisher, MemoryReactor())
         self.publisher.makeConnection(self.transport)
 
     def test_a_publication_is_sent_at_once(self):
         # (no reply comes: the connection is lost at the end)
         self.publisher.publish("twisted-chat:messages", "hello").addErrback(lambda f: None)
-        self.peer.settimeout(5)
         expected = (b"*3\r\n$7\r\nPUBLISH\r\n$21\r\ntwisted-chat:messages\r\n"
                     b"$5\r\nhello\r\n")
-        data = b""
-        while len(data) < len(expected):
-            data += self.peer.recv(4096)
-        self.assertEqual(data, expected)
+        self.assertEqual(receive(self.peer, len(expected)), expected)
         # nothing left for the reactor's next turn
         self.assertEqual((self.transport._tempDataLen, self.transport.dataBuffer), (0, b""))
 

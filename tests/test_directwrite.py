@@ -10,23 +10,14 @@ import time
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from twisted_chat.delivery import directwrite
 
-
-class _Port:
-    def __init__(self):
-        self._realPortNumber = 0
-
-    def _buildAddr(self, addr):
-        from twisted.internet.address import IPv4Address
-        return IPv4Address("TCP", *addr)
+from .loopback import accept, receive, server
 
 
 class _TLSLayer(Protocol):
@@ -43,26 +34,14 @@ class DirectWriteTests(SynchronousTestCase):
     def setUp(self):
         listener = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(listener.close)
-        self.peer = socket.create_connection(listener.getsockname())
-        self.addCleanup(self.peer.close)
-        sock, addr = listener.accept()
-        sock.setblocking(False)
+        self.peer, sock, addr = accept(self, listener)
         self.reactor = MemoryReactor()
         self.protocol = _TLSLayer()
-        self.transport = tcp.Server(sock, self.protocol, addr, _Port(), 1, self.reactor)
-        self.addCleanup(self.transport.connectionLost, Failure(ConnectionDone()))
-        self.addCleanup(sock.close)
+        self.transport = server(self, sock, addr, self.protocol, self.reactor)
         self.write = directwrite.writer(self.transport)
 
     def received(self, expected):
-        self.peer.settimeout(5)
-        data = b""
-        while len(data) < expected:
-            chunk = self.peer.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return receive(self.peer, expected)
 
     def test_idle_socket_gets_bytes_at_once(self):
         self.write(b"hello\r\n")
@@ -153,27 +132,11 @@ class _Connections:
         self.reactor = MemoryReactor()
         self.peers, self.transports, self.outputs = [], [], []
         for _ in range(n):
-            peer = socket.create_connection(listener.getsockname())
-            case.addCleanup(peer.close)
-            sock, addr = listener.accept()
-            sock.setblocking(False)
-            case.addCleanup(sock.close)
-            transport = tcp.Server(sock, _TLSLayer(), addr, _Port(), 1, self.reactor)
-            case.addCleanup(transport.connectionLost, Failure(ConnectionDone()))
+            peer, sock, addr = accept(case, listener)
+            transport = server(case, sock, addr, _TLSLayer(), self.reactor)
             self.peers.append(peer)
             self.transports.append(transport)
             self.outputs.append(BoundedOutput(transport, 1 << 20, lambda: None))
-
-    @staticmethod
-    def received(peer, expected):
-        peer.settimeout(5)
-        data = b""
-        while len(data) < expected:
-            chunk = peer.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-        return data
 
 
 class SendAllTests(SynchronousTestCase):
@@ -212,8 +175,8 @@ class SendAllTests(SynchronousTestCase):
                 break  # the reset has arrived
         socks = [t.socket for t in c.transports]
         self.assertEqual(directwrite.send_all(socks, b"data"), [4, 0, 4])
-        self.assertEqual(c.received(c.peers[0], 4), b"data")
-        self.assertEqual(c.received(c.peers[2], 4), b"data")
+        self.assertEqual(receive(c.peers[0], 4), b"data")
+        self.assertEqual(receive(c.peers[2], 4), b"data")
 
     def test_a_partial_take_is_reported(self):
         c = _Connections(self, 2)
